@@ -1,0 +1,33 @@
+"""BAIR robot pushing (TFDS `bair_robot_pushing_small`: 43,264 train / 256 test videos
+of 30 frames, 64x64x3).
+
+Until the sequential (SVG) model exists, the conv VAE learns single frames: the data
+source yields the frames of the videos as images (1,297,920 train / 7,680 test). It
+streams through tf.data (`dataset.on_device=False`; the train frames are ~16 GB as
+uint8). `dataset.clip_length` is the length of the consecutive-frame clips that
+`DataSource.load_clips` / `input_pipeline.extract_clips` give the future sequential
+model.
+"""
+
+import importlib.util
+import os
+
+
+def _default():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
+  spec = importlib.util.spec_from_file_location("sigma_vae_configs_default", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config():
+  config = _default().get_config()
+  config.dataset.name = "bair"
+  config.dataset.on_device = False
+  # Frames per clip for the sequential model (SVG on BAIR: 2 context + 10 predicted).
+  config.dataset.clip_length = 12
+  config.num_train_steps = 20_000  # ~1 epoch of frames at batch 64.
+  config.eval_every_steps = 2_000
+  config.checkpoint_every_steps = 2_000
+  return config

@@ -1,0 +1,29 @@
+"""Frey Face (1,965 grayscale 28x20x1 faces; a seeded 10% held out as the test split).
+
+The builder (`sigma_vae_jax/datasets/frey_face.py`) downloads `frey_rawface.mat` from
+https://cs.nyu.edu/~roweis/data/frey_rawface.mat on first use, or takes it from TFDS's
+manual directory (`<data_dir>/downloads/manual/frey_rawface.mat`, or
+`dataset.manual_dir`) when it is there. Set `dataset.download=False` to never download.
+"""
+
+import importlib.util
+import os
+
+
+def _default():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
+  spec = importlib.util.spec_from_file_location("sigma_vae_configs_default", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config():
+  config = _default().get_config()
+  config.dataset.name = "frey_face"
+  config.dataset.test_fraction = 0.1
+  # 1,768 training images: ~27 steps per epoch at batch 64.
+  config.num_train_steps = 3_000
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  return config

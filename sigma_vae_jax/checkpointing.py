@@ -1,0 +1,113 @@
+"""Checkpoints of the whole train state with orbax, and the workdir's config.json.
+
+* `Checkpointer.restore_latest` falls back to older checkpoints when the newest is
+  unreadable (truncated or deleted files), and says so.
+* `check_workdir_config` refuses to resume a workdir written by a different model or
+  decoder, naming the differing fields, instead of failing deep inside orbax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+from sigma_vae_jax import configuration
+
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint, or a workdir that belongs to another config."""
+
+
+class Checkpointer:
+  """Keeps the last `max_to_keep` checkpoints of a pytree under `directory`."""
+
+  def __init__(self, directory: str, max_to_keep: int):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps(read=True))
+
+  def save(self, step: int, state: Any) -> None:
+    """Starts an asynchronous save; `wait()` makes it durable."""
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, template: Any) -> tuple[Optional[Any], Optional[int]]:
+    """Restores the newest readable checkpoint into the structure of `template`.
+
+    Returns (state, step), or (None, None) when there is no checkpoint at all.
+    Raises CheckpointError if checkpoints exist but none can be read.
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None, None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    failures = []
+    for step in reversed(steps):
+      try:
+        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # orbax raises many types for damaged files
+        failures.append(f"step {step}: {type(e).__name__}: {str(e)[:300]}")
+        logging.warning("Checkpoint at step %d in %s is unreadable (%s); trying the "
+                        "previous one.", step, self.directory, failures[-1])
+        print(f"WARNING: checkpoint at step {step} is unreadable; falling back to an "
+              f"older one. ({failures[-1]})", flush=True)
+        continue
+      if failures:
+        print(f"Restored the checkpoint at step {step} after skipping "
+              f"{len(failures)} unreadable newer one(s).", flush=True)
+      return state, step
+    raise CheckpointError(
+        f"None of the checkpoints in {self.directory} can be read:\n  " +
+        "\n  ".join(failures) +
+        "\nMove the directory away to start over.")
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def check_workdir_config(workdir: str, config_dict: dict, *, has_checkpoints: bool) -> None:
+  """Writes WORKDIR/config.json, or checks a resumed run against the saved one.
+
+  Raises CheckpointError naming the differing structural fields (model, decoder,
+  dataset name and image size) when `workdir` holds checkpoints of another config.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if has_checkpoints and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    differing = configuration.structural_differences(saved, config_dict)
+    if differing:
+      details = "; ".join(
+          f"{name}: saved {_lookup(saved, name)!r}, now {_lookup(config_dict, name)!r}"
+          for name in differing)
+      raise CheckpointError(
+          f"The workdir {workdir} holds checkpoints of a different model/decoder "
+          f"config and cannot be resumed with this one. Differing fields: {details}. "
+          f"Use a new --workdir, or the saved config.")
+  if jax.process_index() == 0:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(config_dict, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _lookup(d: dict, dotted: str) -> Any:
+  for key in dotted.split("."):
+    if not isinstance(d, dict) or key not in d:
+      return None
+    d = d[key]
+  return d

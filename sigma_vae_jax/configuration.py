@@ -1,0 +1,104 @@
+"""Config validation at start-up: every error names the config field at fault.
+
+Runs before any data loading or compilation, so a bad launch fails in seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from sigma_vae_jax import decoders
+
+# Fields that define the model and its checkpoint layout: a workdir written with
+# other values for any of these cannot be resumed (see `checkpointing`).
+STRUCTURAL_FIELDS = ("model", "decoder", "dataset.name", "dataset.image_size")
+
+
+class ConfigError(ValueError):
+  """An invalid config value; the message starts with the field name."""
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+  if not condition:
+    raise ConfigError(f"{field}: {message}")
+
+
+def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -> None:
+  """Raises ConfigError naming the first invalid field of `config`."""
+  dec = config.decoder
+  _require(dec.name in decoders.DECODERS, "decoder.name",
+           f"unknown decoder {dec.name!r}; choose one of {sorted(decoders.DECODERS)}")
+  _require(config.dataset.name in dataset_names, "dataset.name",
+           f"unknown dataset {config.dataset.name!r}; choose one of {sorted(dataset_names)}")
+
+  if dec.name in decoders.DECODERS_WITH_BETA:
+    _require(dec.beta is not None and dec.beta > 0, "decoder.beta",
+             f"decoder {dec.name!r} needs a positive KL weight beta; got {dec.beta}")
+  else:
+    _require(dec.beta is None, "decoder.beta",
+             f"beta={dec.beta} is given but decoder {dec.name!r} ignores it (only "
+             f"{list(decoders.DECODERS_WITH_BETA)} use a KL weight); unset it or use "
+             f"decoder.name='beta'")
+  _require(dec.scale in decoders.SCALE_MODES, "decoder.scale",
+           f"must be one of {list(decoders.SCALE_MODES)}; got {dec.scale!r}")
+  _require(0.0 <= dec.sigma_ema_decay < 1.0, "decoder.sigma_ema_decay",
+           f"must be in [0, 1); got {dec.sigma_ema_decay}")
+  _require(dec.num_mixtures >= 1, "decoder.num_mixtures",
+           f"must be >= 1; got {dec.num_mixtures}")
+  _require(dec.student_t_df > 0, "decoder.student_t_df",
+           f"must be > 0; got {dec.student_t_df}")
+  if dec.log_sigma_min is not None and dec.log_sigma_max is not None:
+    _require(dec.log_sigma_min < dec.log_sigma_max, "decoder.log_sigma_min",
+             f"must be below decoder.log_sigma_max ({dec.log_sigma_max}); got "
+             f"{dec.log_sigma_min}")
+
+  _require(config.model.latent_dim >= 1, "model.latent_dim",
+           f"must be a positive integer; got {config.model.latent_dim}")
+  _require(config.model.base_channels >= 1, "model.base_channels",
+           f"must be a positive integer; got {config.model.base_channels}")
+
+  for field in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
+                "checkpoint_every_steps", "max_checkpoints_to_keep", "steps_per_call",
+                "num_image_samples"):
+    value = config[field]
+    _require(isinstance(value, int) and value >= 1, field,
+             f"must be a positive integer; got {value!r}")
+  _require(config.learning_rate > 0, "learning_rate",
+           f"must be positive; got {config.learning_rate}")
+  _require(config.batch_size % num_devices == 0, "batch_size",
+           f"the global batch ({config.batch_size}) must be divisible by the number "
+           f"of devices ({num_devices})")
+  for field in ("num_train_steps", "log_every_steps", "eval_every_steps",
+                "checkpoint_every_steps"):
+    _require(config[field] % config.steps_per_call == 0, field,
+             f"must be a multiple of steps_per_call ({config.steps_per_call}); got "
+             f"{config[field]}")
+
+  size = config.dataset.image_size
+  if size is not None:
+    _require(len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size),
+             "dataset.image_size", f"must be (height, width); got {size!r}")
+    _require(size[0] % 4 == 0 and size[1] % 4 == 0, "dataset.image_size",
+             f"the conv VAE downsamples twice by 2, so height and width must be "
+             f"multiples of 4; got {size[0]}x{size[1]}")
+  _require(0.0 < config.dataset.test_fraction < 1.0, "dataset.test_fraction",
+           f"must be in (0, 1); got {config.dataset.test_fraction}")
+
+
+def structural_differences(saved: dict, current: dict) -> list[str]:
+  """Dotted names of STRUCTURAL_FIELDS leaves that differ between two config dicts."""
+  def flatten(d, prefix=""):
+    out = {}
+    for key, value in d.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, dict):
+        out.update(flatten(value, name + "."))
+      else:
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+  a, b = flatten(saved), flatten(current)
+  names = sorted(set(a) | set(b))
+  return [n for n in names
+          if any(n == f or n.startswith(f + ".") for f in STRUCTURAL_FIELDS)
+          and a.get(n) != b.get(n)]

@@ -1,0 +1,459 @@
+"""Decoder distributions: name -> how raw network outputs become a likelihood.
+
+A `Decoder` declares
+  * `num_outputs(C)`: raw channels per pixel the network must produce for C-channel data,
+  * `init_params()`: trainable parameters of its own (e.g. one learned log sigma),
+  * `init_state()`: non-trainable state (the running average of sigma*),
+  * `nll(...)`: the elementwise negative log-likelihood in nats (losses.py),
+  * `mean(...)` / `sample(...)`: images in [0, 1] for reconstructions and samples.
+
+Adding a likelihood = a function in `losses.py` + a class and a `DECODERS` entry here.
+
+Shapes: x is float32 [B, H, W, C] in [0, 1]; `out` is the network output
+[B, H, W, num_outputs(C)].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from sigma_vae_jax import losses
+
+Array = jax.Array
+Params = Mapping[str, Array]
+State = Mapping[str, Array]
+
+_NUM_LEVELS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOutput:
+  """What a decoder's `nll` returns.
+
+  nll: elementwise NLL in nats, [B, H, W, C] (or [B, H, W] for per-pixel mixtures).
+  log_sigma: the scale used, broadcastable to x, or None for scale-free decoders.
+  batch_variance: the closed-form sigma*^2 of this batch (scalar), for the running
+    average; None for decoders without one.
+  """
+  nll: Array
+  log_sigma: Optional[Array] = None
+  batch_variance: Optional[Array] = None
+
+
+jax.tree_util.register_dataclass(
+    DecoderOutput, data_fields=["nll", "log_sigma", "batch_variance"], meta_fields=[])
+
+
+class Decoder:
+  """Base class. Subclasses override what differs; all methods are pure."""
+  name: str = ""
+  # KL weight used in the *training* objective (beta-VAE); evaluation reports beta=1.
+  kl_weight: float = 1.0
+  # Whether the likelihood is over the 256 discrete levels (its ELBO is discrete).
+  is_discrete: bool = False
+
+  def num_outputs(self, channels: int) -> int:
+    return channels
+
+  def init_params(self) -> dict[str, Array]:
+    return {}
+
+  def init_state(self) -> dict[str, Array]:
+    return {}
+
+  def update_state(self, state: State, output: DecoderOutput) -> State:
+    del output
+    return state
+
+  def nll(self, x: Array, out: Array, params: Params, state: State, *,
+          train: bool) -> DecoderOutput:
+    raise NotImplementedError
+
+  def eval_nll(self, x: Array, out: Array, params: Params, state: State) -> DecoderOutput:
+    """The likelihood reported at evaluation (true ELBO, beta = 1)."""
+    return self.nll(x, out, params, state, train=False)
+
+  def discrete_nll(self, x: Array, out: Array, params: Params,
+                   state: State) -> Optional[Array]:
+    """-log P of the 8-bit data for continuous decoders (paper Table 4), else None."""
+    del x, out, params, state
+    return None
+
+  def mean(self, out: Array, params: Params, state: State) -> Array:
+    raise NotImplementedError
+
+  def sample(self, rng: Array, out: Array, params: Params, state: State) -> Array:
+    raise NotImplementedError
+
+
+def _sigmoid_mean(out: Array, channels: int) -> Array:
+  # As in the authors' release, the decoder mean goes through a sigmoid.
+  return jax.nn.sigmoid(out[..., :channels])
+
+
+def _quantize(x: Array) -> Array:
+  return jnp.round(jnp.clip(x, 0.0, 1.0) * (_NUM_LEVELS - 1)) / (_NUM_LEVELS - 1)
+
+
+class _GaussianFamily(Decoder):
+  """Gaussian decoders: mean = sigmoid(out); they differ in how sigma is chosen."""
+
+  def _log_sigma(self, x, mean, out, params, state, train):
+    """Returns (log_sigma broadcastable to x, batch variance or None)."""
+    raise NotImplementedError
+
+  def nll(self, x, out, params, state, *, train):
+    mean = _sigmoid_mean(out, x.shape[-1])
+    log_sigma, batch_variance = self._log_sigma(x, mean, out, params, state, train)
+    return DecoderOutput(losses.gaussian_nll(x, mean, log_sigma), log_sigma, batch_variance)
+
+  def discrete_nll(self, x, out, params, state):
+    mean = _sigmoid_mean(out, x.shape[-1])
+    log_sigma, _ = self._log_sigma(x, mean, out, params, state, False)
+    return losses.discretized_gaussian_nll(x, mean, log_sigma)
+
+  def mean(self, out, params, state):
+    del params, state
+    return _sigmoid_mean(out, self._channels(out))
+
+  def sample(self, rng, out, params, state):
+    mean = self.mean(out, params, state)
+    log_sigma, _ = self._log_sigma(None, mean, out, params, state, False)
+    noise = jax.random.normal(rng, mean.shape, mean.dtype)
+    return jnp.clip(mean + jnp.exp(log_sigma) * noise, 0.0, 1.0)
+
+  def _channels(self, out):
+    return out.shape[-1] // (self.num_outputs(1))
+
+
+class UnitGaussian(_GaussianFamily):
+  """N(mean, 1): the MSE loss of most prior work (paper Eq. 2)."""
+  name = "gaussian"
+
+  def _log_sigma(self, x, mean, out, params, state, train):
+    return jnp.zeros((), mean.dtype), None
+
+
+class BetaVAE(UnitGaussian):
+  """Unit-variance Gaussian with KL weight beta (paper Eq. 7).
+
+  Trains on 0.5||x - mean||^2 + beta KL. Evaluated as the calibrated model it is
+  equivalent to, a Gaussian with sigma^2 = beta (`losses.effective_beta`), with the
+  true ELBO (KL weight 1). The paper's Table 1 uses sigma^2 = beta / 2, i.e. its
+  beta is twice ours.
+  """
+  name = "beta"
+
+  def __init__(self, beta: float):
+    self.kl_weight = float(beta)
+
+  def eval_nll(self, x, out, params, state):
+    mean = _sigmoid_mean(out, x.shape[-1])
+    log_sigma = jnp.asarray(0.5 * math.log(self.kl_weight), mean.dtype)
+    return DecoderOutput(losses.gaussian_nll(x, mean, log_sigma), log_sigma, None)
+
+  def discrete_nll(self, x, out, params, state):
+    mean = _sigmoid_mean(out, x.shape[-1])
+    log_sigma = jnp.asarray(0.5 * math.log(self.kl_weight), mean.dtype)
+    return losses.discretized_gaussian_nll(x, mean, log_sigma)
+
+  def sample(self, rng, out, params, state):
+    mean = self.mean(out, params, state)
+    noise = jax.random.normal(rng, mean.shape, mean.dtype)
+    return jnp.clip(mean + math.sqrt(self.kl_weight) * noise, 0.0, 1.0)
+
+
+class SharedSigma(_GaussianFamily):
+  """One log sigma for all pixels and images, learned by gradient descent."""
+  name = "shared_sigma"
+
+  def init_params(self):
+    return {"log_sigma": jnp.zeros((), jnp.float32)}
+
+  def _log_sigma(self, x, mean, out, params, state, train):
+    return params["log_sigma"].astype(mean.dtype), None
+
+
+class OptimalSigma(_GaussianFamily):
+  """Closed-form sigma*^2 = MSE(x, mean) over the (global) batch; paper Sec. 4.
+
+  Training uses the batch estimate (the gradient through sigma* vanishes at the
+  optimum); evaluation uses a bias-corrected running average of sigma*^2.
+  """
+  name = "optimal_sigma"
+  axis = None
+
+  def __init__(self, ema_decay: float):
+    self.ema_decay = float(ema_decay)
+
+  def init_state(self):
+    # Debiased EMA: ema / weight, with weight = 1 - decay^n (as Adam's moments).
+    return {"variance_ema": jnp.zeros((), jnp.float32),
+            "ema_weight": jnp.zeros((), jnp.float32)}
+
+  def update_state(self, state, output):
+    d = self.ema_decay
+    variance = jax.lax.stop_gradient(output.batch_variance).astype(jnp.float32)
+    return {"variance_ema": d * state["variance_ema"] + (1 - d) * variance,
+            "ema_weight": d * state["ema_weight"] + (1 - d)}
+
+  def running_log_sigma(self, state):
+    variance = state["variance_ema"] / jnp.maximum(state["ema_weight"], 1e-12)
+    # Before any training step there is no estimate: fall back to sigma = 1.
+    variance = jnp.where(state["ema_weight"] > 0, variance, 1.0)
+    return 0.5 * jnp.log(jnp.maximum(variance, jnp.finfo(jnp.float32).tiny))
+
+  def _log_sigma(self, x, mean, out, params, state, train):
+    if train:
+      log_sigma = losses.optimal_log_sigma(x, mean, axis=self.axis)
+      return log_sigma, jnp.exp(2 * log_sigma).mean()
+    return self.running_log_sigma(state).astype(mean.dtype), None
+
+
+class OptimalSigmaPerImage(_GaussianFamily):
+  """sigma*^2 = MSE per image (paper Sec. 4, App. D): also solved on test images."""
+  name = "optimal_sigma_per_image"
+
+  def _log_sigma(self, x, mean, out, params, state, train):
+    return losses.optimal_log_sigma(x, mean, axis=(1, 2, 3)), None
+
+  def sample(self, rng, out, params, state):
+    # No data means no per-image sigma*; samples are shown as the mean image.
+    return self.mean(out, params, state)
+
+
+class PerPixelSigma(_GaussianFamily):
+  """The network outputs log sigma per subpixel, soft-clipped (paper Sec. 3.1)."""
+  name = "per_pixel_sigma"
+
+  def __init__(self, log_sigma_min: Optional[float], log_sigma_max: Optional[float]):
+    self.low, self.high = log_sigma_min, log_sigma_max
+
+  def num_outputs(self, channels):
+    return 2 * channels
+
+  def _log_sigma(self, x, mean, out, params, state, train):
+    c = out.shape[-1] // 2
+    return losses.softclip(out[..., c:], self.low, self.high), None
+
+  def _channels(self, out):
+    return out.shape[-1] // 2
+
+
+class StudentT(Decoder):
+  """Student-t with per-subpixel location and scale, fixed degrees of freedom."""
+  name = "student_t"
+
+  def __init__(self, df: float, log_scale_min: Optional[float], log_scale_max: Optional[float]):
+    self.df, self.low, self.high = float(df), log_scale_min, log_scale_max
+
+  def num_outputs(self, channels):
+    return 2 * channels
+
+  def _split(self, out):
+    c = out.shape[-1] // 2
+    return jax.nn.sigmoid(out[..., :c]), losses.softclip(out[..., c:], self.low, self.high)
+
+  def nll(self, x, out, params, state, *, train):
+    loc, log_scale = self._split(out)
+    return DecoderOutput(losses.student_t_nll(x, loc, log_scale, self.df), log_scale)
+
+  def mean(self, out, params, state):
+    return self._split(out)[0]
+
+  def sample(self, rng, out, params, state):
+    loc, log_scale = self._split(out)
+    t = jax.random.t(rng, self.df, loc.shape, loc.dtype)
+    return jnp.clip(loc + jnp.exp(log_scale) * t, 0.0, 1.0)
+
+
+class Bernoulli(Decoder):
+  """Intensities as Bernoulli probabilities (Gregor et al. 2015); not normalised on [0,1]."""
+  name = "bernoulli"
+
+  def nll(self, x, out, params, state, *, train):
+    return DecoderOutput(losses.bernoulli_nll(x, out))
+
+  def mean(self, out, params, state):
+    return jax.nn.sigmoid(out)
+
+  def sample(self, rng, out, params, state):
+    # Sampling bits would give a binary image; like the paper we show the mean.
+    return self.mean(out, params, state)
+
+
+class Categorical(Decoder):
+  """256-way softmax per subpixel."""
+  name = "categorical"
+  is_discrete = True
+
+  def num_outputs(self, channels):
+    return _NUM_LEVELS * channels
+
+  def _logits(self, out):
+    return out.reshape(out.shape[:-1] + (-1, _NUM_LEVELS))
+
+  def nll(self, x, out, params, state, *, train):
+    return DecoderOutput(losses.categorical_nll(x, self._logits(out)))
+
+  def mean(self, out, params, state):
+    probs = jax.nn.softmax(self._logits(out), axis=-1)
+    return probs @ (jnp.arange(_NUM_LEVELS, dtype=probs.dtype) / (_NUM_LEVELS - 1))
+
+  def sample(self, rng, out, params, state):
+    level = jax.random.categorical(rng, self._logits(out), axis=-1)
+    return level.astype(jnp.float32) / (_NUM_LEVELS - 1)
+
+
+class BitwiseCategorical(Decoder):
+  """8 independent Bernoulli bits per subpixel, most significant first (App. E)."""
+  name = "bitwise_categorical"
+  is_discrete = True
+
+  def num_outputs(self, channels):
+    return 8 * channels
+
+  def _logits(self, out):
+    return out.reshape(out.shape[:-1] + (-1, 8))
+
+  def nll(self, x, out, params, state, *, train):
+    return DecoderOutput(losses.bitwise_categorical_nll(x, self._logits(out)))
+
+  def _weights(self, dtype):
+    return 2.0 ** jnp.arange(7, -1, -1, dtype=dtype) / (_NUM_LEVELS - 1)
+
+  def mean(self, out, params, state):
+    probs = jax.nn.sigmoid(self._logits(out))
+    return probs @ self._weights(probs.dtype)  # bits are independent: E[level] = sum 2^k p_k
+
+  def sample(self, rng, out, params, state):
+    logits = self._logits(out)
+    bits = jax.random.bernoulli(rng, jax.nn.sigmoid(logits)).astype(logits.dtype)
+    return bits @ self._weights(logits.dtype)
+
+
+class LogisticMixture(Decoder):
+  """Mixture of K discretized logistics, one indicator per pixel (App. E)."""
+  name = "logistic_mixture"
+  is_discrete = True
+
+  def __init__(self, num_mixtures: int, log_scale_min: Optional[float]):
+    self.k = int(num_mixtures)
+    self.low = log_scale_min
+
+  def num_outputs(self, channels):
+    return self.k + 2 * channels * self.k
+
+  def _split(self, out):
+    k = self.k
+    c = (out.shape[-1] - k) // (2 * k)
+    logit_probs = out[..., :k]
+    rest = out[..., k:].reshape(out.shape[:-1] + (2, c, k))
+    means = jax.nn.sigmoid(rest[..., 0, :, :])
+    log_scales = losses.softclip(rest[..., 1, :, :], low=self.low)
+    return logit_probs, means, log_scales
+
+  def nll(self, x, out, params, state, *, train):
+    logit_probs, means, log_scales = self._split(out)
+    return DecoderOutput(
+        losses.discretized_logistic_mixture_nll(x, logit_probs, means, log_scales))
+
+  def mean(self, out, params, state):
+    logit_probs, means, _ = self._split(out)
+    probs = jax.nn.softmax(logit_probs, axis=-1)
+    return jnp.einsum("...k,...ck->...c", probs, means)
+
+  def sample(self, rng, out, params, state):
+    logit_probs, means, log_scales = self._split(out)
+    k_rng, u_rng = jax.random.split(rng)
+    idx = jax.random.categorical(k_rng, logit_probs, axis=-1)[..., None, None]
+    mean = jnp.take_along_axis(means, idx, axis=-1)[..., 0]
+    log_scale = jnp.take_along_axis(log_scales, idx, axis=-1)[..., 0]
+    u = jax.random.uniform(u_rng, mean.shape, mean.dtype, 1e-5, 1 - 1e-5)
+    return _quantize(mean + jnp.exp(log_scale) * (jnp.log(u) - jnp.log1p(-u)))
+
+
+class _Discretized(OptimalSigma):
+  """Discretized Gaussian/logistic with a scalar scale (paper Table 4).
+
+  scale="optimal": sigma from the closed-form MSE (as the optimal sigma-VAE) and its
+  running average at evaluation; scale="learned": one log scale by gradient descent.
+  """
+  is_discrete = True
+  _nll_fn: Callable[..., Array]
+
+  def __init__(self, scale: str, ema_decay: float):
+    super().__init__(ema_decay)
+    self.learned = scale == "learned"
+
+  def init_params(self):
+    return {"log_sigma": jnp.zeros((), jnp.float32)} if self.learned else {}
+
+  def _log_sigma(self, x, mean, out, params, state, train):
+    if self.learned:
+      return params["log_sigma"].astype(mean.dtype), None
+    return super()._log_sigma(x, mean, out, params, state, train)
+
+  def nll(self, x, out, params, state, *, train):
+    mean = _sigmoid_mean(out, x.shape[-1])
+    log_sigma, batch_variance = self._log_sigma(x, mean, out, params, state, train)
+    return DecoderOutput(type(self)._nll_fn(x, mean, log_sigma), log_sigma, batch_variance)
+
+  def update_state(self, state, output):
+    return state if self.learned else super().update_state(state, output)
+
+  def init_state(self):
+    return {} if self.learned else super().init_state()
+
+  def discrete_nll(self, x, out, params, state):
+    return None  # its own NLL is already discrete
+
+  def sample(self, rng, out, params, state):
+    return _quantize(super().sample(rng, out, params, state))
+
+
+class DiscretizedGaussian(_Discretized):
+  name = "discretized_gaussian"
+  _nll_fn = staticmethod(losses.discretized_gaussian_nll)
+
+
+class DiscretizedLogistic(_Discretized):
+  name = "discretized_logistic"
+  _nll_fn = staticmethod(losses.discretized_logistic_nll)
+
+
+DECODERS: dict[str, Callable[[Any], Decoder]] = {
+    "gaussian": lambda cfg: UnitGaussian(),
+    "beta": lambda cfg: BetaVAE(cfg.beta),
+    "shared_sigma": lambda cfg: SharedSigma(),
+    "optimal_sigma": lambda cfg: OptimalSigma(cfg.sigma_ema_decay),
+    "optimal_sigma_per_image": lambda cfg: OptimalSigmaPerImage(),
+    "per_pixel_sigma": lambda cfg: PerPixelSigma(cfg.log_sigma_min, cfg.log_sigma_max),
+    "student_t": lambda cfg: StudentT(cfg.student_t_df, cfg.log_sigma_min, cfg.log_sigma_max),
+    "bernoulli": lambda cfg: Bernoulli(),
+    "categorical": lambda cfg: Categorical(),
+    "bitwise_categorical": lambda cfg: BitwiseCategorical(),
+    "logistic_mixture": lambda cfg: LogisticMixture(cfg.num_mixtures, cfg.log_sigma_min),
+    "discretized_gaussian": lambda cfg: DiscretizedGaussian(cfg.scale, cfg.sigma_ema_decay),
+    "discretized_logistic": lambda cfg: DiscretizedLogistic(cfg.scale, cfg.sigma_ema_decay),
+}
+
+# Decoders whose training objective uses a KL weight other than 1.
+DECODERS_WITH_BETA = ("beta",)
+SCALE_MODES = ("optimal", "learned")
+
+
+def get_decoder(decoder_config) -> Decoder:
+  """Builds the decoder named `decoder_config.name` (see `DECODERS`)."""
+  try:
+    factory = DECODERS[decoder_config.name]
+  except KeyError:
+    raise ValueError(
+        f"decoder.name={decoder_config.name!r} is unknown; choose one of "
+        f"{sorted(DECODERS)}") from None
+  return factory(decoder_config)

@@ -1,0 +1,45 @@
+"""Command line: `python -m sigma_vae_jax.main --config=configs/default.py --workdir=DIR`.
+
+Any config field can be overridden: `--config.decoder.name=shared_sigma`,
+`--config.num_train_steps=100`. Restarting with the same --workdir resumes.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
+flags.DEFINE_bool("multihost", False,
+                  "Call jax.distributed.initialize() first (multi-host GPU/TPU runs).")
+config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # TensorFlow only feeds data here; keep it off the accelerators JAX uses.
+  import tensorflow as tf
+  tf.config.experimental.set_visible_devices([], "GPU")
+  import jax
+  if FLAGS.multihost:
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+
+  from sigma_vae_jax import checkpointing, configuration, train
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (configuration.ConfigError, checkpointing.CheckpointError,
+          train.NonFiniteError) as e:
+    print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

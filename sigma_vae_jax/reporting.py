@@ -1,0 +1,90 @@
+"""Where results go: TensorBoard (clu writers), WORKDIR/metrics.jsonl, console, PNGs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Mapping, Optional
+
+from clu import metric_writers
+import jax
+import numpy as np
+from PIL import Image
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class Reporter:
+  """Writes scalar metrics to TensorBoard and JSON lines; prints progress.
+
+  Only process 0 writes files (multi-host); every process logs to the console.
+  """
+
+  def __init__(self, workdir: str, num_train_steps: int):
+    self.is_chief = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not self.is_chief)
+    self.jsonl_path = os.path.join(workdir, METRICS_FILE)
+    self.num_train_steps = num_train_steps
+    self._last_time: Optional[float] = None
+    self._last_step: Optional[int] = None
+
+  def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self.writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
+    if self.is_chief:
+      with open(self.jsonl_path, "a") as f:
+        f.write(json.dumps({"step": int(step), "split": split, **metrics}) + "\n")
+
+  def progress(self, step: int, metrics: Mapping[str, float]) -> float:
+    """Prints steps/s, ETA, loss and sigma; returns steps/s (0 on the first call)."""
+    now = time.time()
+    rate = 0.0
+    if self._last_time is not None and step > self._last_step:
+      rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_time, self._last_step = now, step
+    parts = [f"step {step}/{self.num_train_steps}"]
+    if rate > 0:
+      eta = (self.num_train_steps - step) / rate
+      parts += [f"{rate:.2f} steps/s", f"ETA {_format_seconds(eta)}"]
+    parts.append(f"loss {metrics['loss']:.2f}")
+    parts.append(f"nelbo {metrics['nelbo']:.2f}")
+    if "log_sigma" in metrics:
+      parts.append(f"sigma {math.exp(metrics['log_sigma']):.4f}")
+    print(" | ".join(parts), flush=True)
+    return rate
+
+  def flush(self) -> None:
+    self.writer.flush()
+
+  def close(self) -> None:
+    self.writer.close()
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def image_grid(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray:
+  """[N, H, W, C] floats in [0, 1] -> one uint8 image [rows*(H+pad)+pad, ..., 3]."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  n, h, w, c = images.shape
+  rows = math.ceil(n / columns)
+  grid = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, columns)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+         pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+  return (grid * 255 + 0.5).astype(np.uint8)
+
+
+def save_image_grid(path: str, images: np.ndarray, columns: int = 8) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(image_grid(images, columns)).save(path)

@@ -1,0 +1,156 @@
+"""Decoders: each one's mean/sample agree with its own likelihood, the beta-VAE is
+evaluated as the Gaussian it is equivalent to, and the sigma running average."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from sigma_vae_jax import decoders
+from sigma_vae_jax import losses
+from configs import default as default_config
+
+LEVELS = np.arange(256) / 255.0
+
+
+def _decoder(name, **overrides):
+  config = default_config.get_config().decoder
+  config.name = name
+  if name == "beta":
+    config.beta = 0.3
+  for key, value in overrides.items():
+    config[key] = value
+  return decoders.get_decoder(config)
+
+
+def _outputs(decoder, shape=(2, 4, 4, 3), seed=0, scale=2.0):
+  n = decoder.num_outputs(shape[-1])
+  return scale * jax.random.normal(jax.random.PRNGKey(seed), shape[:-1] + (n,))
+
+
+def _level_probabilities(decoder, out, channels, params=None):
+  """P(level) for every subpixel by evaluating the decoder's NLL at all 256 levels.
+
+  Returns [256, B, H, W, C] ([256, B, H, W] for the per-pixel mixture, which is
+  enumerated for single-channel data only).
+  """
+  params = decoder.init_params() if params is None else params
+  state = decoder.init_state()
+  shape = out.shape[:-1] + (channels,)
+  def nll_at(level):
+    x = jnp.full(shape, level, jnp.float32)
+    return decoder.nll(x, out, params, state, train=False).nll
+  return np.exp(np.asarray(jax.vmap(nll_at)(jnp.asarray(LEVELS, jnp.float32)),
+                           np.float64) * -1)
+
+
+@pytest.mark.parametrize("name", ["categorical", "bitwise_categorical",
+                                  "discretized_logistic", "discretized_gaussian"])
+def test_discrete_decoder_mean_is_the_expectation_of_its_distribution(name):
+  decoder = _decoder(name, scale="learned")
+  out = _outputs(decoder)
+  params = {"log_sigma": jnp.log(0.05)} if name.startswith("discretized") else {}
+  probs = _level_probabilities(decoder, out, 3, params)
+  np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-4)
+  expected = np.tensordot(LEVELS, probs, axes=(0, 0))
+  mean = decoder.mean(out, params, decoder.init_state())
+  if name.startswith("discretized"):
+    # The decoder mean is the location; the discretized expectation is pulled
+    # towards the middle by the clipped edge bins, so compare where it is interior.
+    interior = (mean > 0.2) & (mean < 0.8)
+    assert interior.sum() > 10
+    np.testing.assert_allclose(np.asarray(mean)[interior], expected[interior], atol=2e-3)
+  else:
+    np.testing.assert_allclose(mean, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_logistic_mixture_mean_and_normalisation_single_channel():
+  decoder = _decoder("logistic_mixture", num_mixtures=3)
+  rng = np.random.RandomState(0)
+  logits = rng.normal(size=(2, 4, 4, 3))
+  raw_means = rng.uniform(-1.5, 1.5, size=(2, 4, 4, 3))  # sigmoid -> (0.18, 0.82)
+  raw_log_scales = np.full((2, 4, 4, 3), np.log(0.02))
+  out = jnp.asarray(np.concatenate([logits, raw_means, raw_log_scales], -1), jnp.float32)
+  probs = _level_probabilities(decoder, out, 1)  # [256, B, H, W]
+  np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-4)
+  expected = np.tensordot(LEVELS, probs, axes=(0, 0))
+  mean = decoder.mean(out, decoder.init_params(), decoder.init_state())[..., 0]
+  # Narrow interior components: the mixture of locations is the discrete expectation.
+  np.testing.assert_allclose(mean, expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", sorted(decoders.DECODERS))
+def test_samples_and_means_are_images_in_unit_range(name):
+  decoder = _decoder(name)
+  out = _outputs(decoder)
+  params, state = decoder.init_params(), decoder.init_state()
+  mean = decoder.mean(out, params, state)
+  sample = decoder.sample(jax.random.PRNGKey(3), out, params, state)
+  for image in (mean, sample):
+    assert image.shape == (2, 4, 4, 3)
+    assert bool(jnp.all((image >= 0) & (image <= 1)))
+  if decoder.is_discrete:
+    np.testing.assert_allclose(np.asarray(sample) * 255, np.round(np.asarray(sample) * 255),
+                               atol=1e-3)
+
+
+def test_beta_vae_trains_unit_variance_and_evaluates_with_sigma_squared_beta():
+  decoder = _decoder("beta")
+  assert decoder.kl_weight == pytest.approx(0.3)
+  out = _outputs(decoder)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 4, 3))
+  mean = np.asarray(jax.nn.sigmoid(out), np.float64)
+  train = decoder.nll(x, out, {}, {}, train=True).nll
+  np.testing.assert_allclose(train, -stats.norm.logpdf(x, mean, 1.0), rtol=1e-5)
+  evaluated = decoder.eval_nll(x, out, {}, {}).nll
+  np.testing.assert_allclose(evaluated, -stats.norm.logpdf(x, mean, np.sqrt(0.3)),
+                             rtol=1e-5)
+
+
+def test_optimal_sigma_uses_batch_sigma_in_training_and_running_average_in_eval():
+  decoder = _decoder("optimal_sigma", sigma_ema_decay=0.9)
+  out = _outputs(decoder)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 4, 3))
+  mean = np.asarray(jax.nn.sigmoid(out), np.float64)
+  mse = np.mean((np.asarray(x, np.float64) - mean) ** 2)
+  state = decoder.init_state()
+  result = decoder.nll(x, out, {}, state, train=True)
+  np.testing.assert_allclose(result.nll, -stats.norm.logpdf(x, mean, np.sqrt(mse)),
+                             rtol=1e-4)
+  # The debiased running average equals the only estimate after one update...
+  state = decoder.update_state(state, result)
+  np.testing.assert_allclose(np.exp(2 * decoder.running_log_sigma(state)), mse, rtol=1e-5)
+  # ...and is the decay-weighted mean of the estimates after two.
+  second = decoders.DecoderOutput(result.nll, None, jnp.asarray(4 * mse, jnp.float32))
+  state = decoder.update_state(state, second)
+  expected = (0.9 * 0.1 * mse + 0.1 * 4 * mse) / (1 - 0.81)
+  np.testing.assert_allclose(np.exp(2 * decoder.running_log_sigma(state)), expected,
+                             rtol=1e-5)
+  evaluated = decoder.eval_nll(x, out, {}, state).nll
+  np.testing.assert_allclose(evaluated, -stats.norm.logpdf(x, mean, np.sqrt(expected)),
+                             rtol=1e-4)
+
+
+def test_per_image_optimal_sigma_has_one_sigma_per_image():
+  decoder = _decoder("optimal_sigma_per_image")
+  out = _outputs(decoder)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 4, 3))
+  log_sigma = decoder.nll(x, out, {}, {}, train=True).log_sigma
+  mean = np.asarray(jax.nn.sigmoid(out), np.float64)
+  mse = ((np.asarray(x, np.float64) - mean) ** 2).reshape(2, -1).mean(1)
+  np.testing.assert_allclose(np.ravel(np.exp(2 * log_sigma)), mse, rtol=1e-5)
+
+
+def test_per_pixel_sigma_is_soft_clipped():
+  decoder = _decoder("per_pixel_sigma", log_sigma_min=-6.0, log_sigma_max=2.0)
+  out = jnp.concatenate([jnp.zeros((1, 4, 4, 3)), jnp.full((1, 4, 4, 3), -50.0)], -1)
+  log_sigma = decoder.nll(jnp.zeros((1, 4, 4, 3)), out, {}, {}, train=True).log_sigma
+  np.testing.assert_allclose(log_sigma, -6.0, atol=1e-4)
+
+
+def test_unknown_decoder_lists_the_known_ones():
+  config = default_config.get_config().decoder
+  config.name = "gaussain"
+  with pytest.raises(ValueError, match="decoder.name.*optimal_sigma"):
+    decoders.get_decoder(config)

@@ -1,0 +1,367 @@
+"""Tests of input_pipeline: data sources, determinism, sharding, resume, errors (offline)."""
+
+import importlib.util
+import itertools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from sigma_vae_jax import input_pipeline as ip
+from sigma_vae_jax.datasets import synthetic_shapes
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "configs")
+
+
+def _config(**kwargs):
+  config = ml_collections.ConfigDict({
+      "name": "synthetic_shapes", "path": "", "data_dir": None, "image_size": None,
+      "test_fraction": 0.1, "on_device": True})
+  config.update(kwargs)
+  return config
+
+
+def _load_config(filename, *args):
+  """As ml_collections' config_flags: execute the file by path, call get_config."""
+  path = os.path.join(CONFIG_DIR, filename)
+  spec = importlib.util.spec_from_file_location(f"cfg_{filename[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
+def _keys(images):
+  return [im.tobytes() for im in images]
+
+
+def _take(it, n):
+  return list(itertools.islice(it, n))
+
+
+# --- Configs and TFDS datasets under mock_data ------------------------------------
+
+
+@pytest.mark.parametrize("filename,args,name,shape,num_mock", [
+    ("default.py", (), "synthetic_shapes", (32, 32, 3), 8),
+    ("svhn.py", (), "svhn", (32, 32, 3), 8),
+    ("svhn.py", ("28",), "svhn", (28, 28, 3), 8),
+    ("cifar10.py", (), "cifar10", (32, 32, 3), 8),
+    ("mnist.py", (), "mnist", (28, 28, 1), 8),
+    ("celeba.py", (), "celeba", (32, 32, 3), 8),
+    ("celeba.py", ("64",), "celeba", (64, 64, 3), 8),
+    ("frey_face.py", (), "frey_face", (28, 20, 1), 20),
+    ("bair.py", (), "bair", (64, 64, 3), 2),
+])
+def test_config_data_source_under_mock_data(filename, args, name, shape, num_mock):
+  config = _load_config(filename, *args)
+  assert config.dataset.name == name
+  with tfds.testing.mock_data(num_examples=num_mock):
+    source = ip.get_data_source(config.dataset)
+    assert source.name == name
+    assert source.image_shape == shape
+    ip.validate_image_shape(source.image_shape)
+    test = source.load_split("test")
+    assert test.dtype == np.uint8 and test.shape == (source.num_examples["test"],) + shape
+    batches = _take(source.batch_iterator(
+        "train", 2, seed=0, shuffle=True, repeat=True, process_index=0,
+        process_count=1), 3)
+  assert len(batches) == 3
+  for batch in batches:
+    assert isinstance(batch, np.ndarray)
+    assert batch.dtype == np.uint8 and batch.shape == (2,) + shape
+  if name == "bair":  # Frames of 30-frame videos.
+    assert source.num_examples == {"train": 60, "test": 60}
+  if name == "frey_face":  # Seeded hold-out of the single split.
+    assert source.num_examples == {"train": 18, "test": 2}
+  if name == "celeba":
+    assert config.dataset.on_device is False
+
+
+def test_bair_clips_under_mock_data():
+  config = _load_config("bair.py")
+  with tfds.testing.mock_data(num_examples=2):
+    source = ip.get_data_source(config.dataset)
+    assert source.is_video
+    clips = source.load_clips("test")  # dataset.clip_length = 12: 2 clips per video.
+    assert clips.shape == (4, 12, 64, 64, 3) and clips.dtype == np.uint8
+    frames = source.load_split("test")
+    np.testing.assert_array_equal(clips[0], frames[:12])
+    np.testing.assert_array_equal(clips[2], frames[30:42])
+    assert source.load_clips("test", 5, stride=5, max_videos=1).shape == (6, 5, 64, 64, 3)
+
+
+def test_extract_clips_and_clips_dataset():
+  videos = np.arange(2 * 7 * 2 * 2 * 1, dtype=np.uint8).reshape(2, 7, 2, 2, 1)
+  clips = ip.extract_clips(videos, 3)
+  assert clips.shape == (4, 3, 2, 2, 1)
+  np.testing.assert_array_equal(clips[1], videos[0, 3:6])
+  np.testing.assert_array_equal(clips[2], videos[1, 0:3])
+  overlapping = ip.extract_clips(videos, 3, stride=1)
+  assert overlapping.shape == (10, 3, 2, 2, 1)
+  np.testing.assert_array_equal(overlapping[4], videos[0, 4:7])
+  from_tf = np.stack(list(tfds.as_numpy(ip.clips_dataset(
+      tf.data.Dataset.from_tensor_slices(videos), 3, stride=1))))
+  np.testing.assert_array_equal(from_tf, overlapping)
+  with pytest.raises(ValueError, match="clip_length"):
+    ip.extract_clips(videos, 8)
+
+
+def test_celeba_crop_then_resize_is_centred():
+  pre = ip._Preprocess(center_crop=(4, 4), image_size=None)
+  image = np.zeros((1, 8, 6, 3), np.uint8)
+  image[:, 2:6, 1:5] = 200
+  out = pre.np_apply(image)
+  assert out.shape == (1, 4, 4, 3) and (out == 200).all()
+  resized = ip._Preprocess(center_crop=(4, 4), image_size=(2, 2)).np_apply(image)
+  assert resized.shape == (1, 2, 2, 3) and resized.dtype == np.uint8
+  assert (resized == 200).all()
+  with pytest.raises(ValueError, match="dataset.center_crop"):
+    ip._Preprocess(center_crop=(10, 10)).output_shape((8, 6, 3))
+
+
+# --- numpy and folder sources ------------------------------------------------------
+
+
+def _random_images(n, shape, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n,) + shape, dtype=np.uint8)
+
+
+def test_numpy_npy_without_channel_axis(tmp_path):
+  images = _random_images(50, (8, 12))
+  np.save(tmp_path / "x.npy", images)
+  source = ip.get_data_source(_config(name="numpy", path=os.fspath(tmp_path / "x.npy")))
+  assert source.image_shape == (8, 12, 1)
+  assert source.num_examples == {"train": 45, "test": 5}
+  train, test = source.load_split("train"), source.load_split("test")
+  idx = ip.holdout_indices(50, 0.1)
+  np.testing.assert_array_equal(train, images[idx["train"], ..., None])
+  np.testing.assert_array_equal(test, images[idx["test"], ..., None])
+  assert sorted(_keys(train) + _keys(test)) == sorted(_keys(images[..., None]))
+
+
+def test_numpy_npz_keys_and_resize(tmp_path):
+  images = _random_images(20, (8, 8, 3))
+  np.savez(tmp_path / "a.npz", labels=np.arange(20), images=images)
+  np.savez(tmp_path / "b.npz", images)  # First array: 'arr_0'.
+  for f in ("a.npz", "b.npz"):
+    source = ip.get_data_source(_config(name="numpy", path=os.fspath(tmp_path / f),
+                                        test_fraction=0.25))
+    assert source.image_shape == (8, 8, 3)
+    assert source.num_examples == {"train": 15, "test": 5}
+    np.testing.assert_array_equal(
+        source.load_split("test"), images[ip.holdout_indices(20, 0.25)["test"]])
+  resized = ip.get_data_source(_config(name="numpy", path=os.fspath(tmp_path / "a.npz"),
+                                       image_size=(4, 4)))
+  assert resized.image_shape == (4, 4, 3)
+  assert resized.load_split("train").shape == (18, 4, 4, 3)
+
+
+def test_numpy_rejects_non_uint8(tmp_path):
+  np.save(tmp_path / "f.npy", np.zeros((4, 8, 8), np.float32))
+  with pytest.raises(ValueError, match="uint8"):
+    ip.get_data_source(_config(name="numpy", path=os.fspath(tmp_path / "f.npy")))
+
+
+def test_folder_source_gray_and_rgb(tmp_path):
+  gray = _random_images(6, (8, 4))
+  rgb = _random_images(6, (8, 4, 3), seed=1)
+  (tmp_path / "gray").mkdir()
+  (tmp_path / "rgb").mkdir()
+  for i in range(6):
+    Image.fromarray(gray[i]).save(tmp_path / "gray" / f"{i:02d}.png")
+    Image.fromarray(rgb[i]).save(tmp_path / "rgb" / f"{i:02d}.png")
+  (tmp_path / "gray" / "notes.txt").write_text("not an image")
+  source = ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path / "gray"),
+                                      test_fraction=0.5))
+  assert source.image_shape == (8, 4, 1)
+  idx = ip.holdout_indices(6, 0.5)
+  np.testing.assert_array_equal(source.load_split("train"), gray[idx["train"], ..., None])
+  source = ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path / "rgb")))
+  assert source.image_shape == (8, 4, 3)
+  assert sorted(_keys(source.load_split("train")) + _keys(source.load_split("test"))) == (
+      sorted(_keys(rgb)))
+
+
+def test_folder_mixed_sizes_names_the_file(tmp_path):
+  Image.fromarray(_random_images(1, (8, 8, 3))[0]).save(tmp_path / "a.png")
+  Image.fromarray(_random_images(1, (8, 6, 3))[0]).save(tmp_path / "b.jpg")
+  with pytest.raises(ValueError, match="b.jpg"):
+    ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path)))
+
+
+# --- Sharding, determinism, resume -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_shapes_dir(tmp_path_factory):
+  """A real (not mocked) synthetic_shapes build capped at 200 examples per split."""
+  data_dir = tmp_path_factory.mktemp("tfds")
+  builder = synthetic_shapes.SyntheticShapes(data_dir=os.fspath(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False, max_examples_per_split=200))
+  return os.fspath(data_dir)
+
+
+@pytest.fixture(scope="module")
+def sources(small_shapes_dir, tmp_path_factory):
+  """An in-memory (numpy) source and a streamed TFDS source."""
+  path = tmp_path_factory.mktemp("np") / "images.npy"
+  np.save(path, _random_images(110, (4, 4, 3)))
+  return {
+      "numpy": ip.get_data_source(_config(name="numpy", path=os.fspath(path))),
+      "tfds": ip.get_data_source(_config(data_dir=small_shapes_dir, shuffle_buffer=64)),
+  }
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tfds"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_process_shards_are_disjoint_and_cover(sources, kind, shuffle):
+  source = sources[kind]
+  split = "train"
+  full = _keys(source.load_split(split))
+  assert len(set(full)) == len(full)
+  shards = []
+  for pi in range(2):
+    batches = list(source.batch_iterator(split, 16, seed=0, shuffle=shuffle, repeat=False,
+                                         process_index=pi, process_count=2))
+    assert all(b.shape[0] == 16 for b in batches[:-1])
+    shards.append(_keys(np.concatenate(batches)))
+    assert len(shards[-1]) == source.shard_size(split, process_index=pi, process_count=2)
+  assert not set(shards[0]) & set(shards[1])
+  assert sorted(shards[0] + shards[1]) == sorted(full)
+  assert abs(len(shards[0]) - len(shards[1])) <= 1
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tfds"])
+def test_resume_equals_uninterrupted_stream(sources, kind):
+  source = sources[kind]
+  batch_size = 32
+  bpe = source.batches_per_epoch("train", batch_size, process_count=1)
+  n = source.num_examples["train"]
+  assert bpe == n // batch_size
+  kwargs = dict(seed=7, shuffle=True, repeat=True, process_index=0, process_count=1)
+  fresh = _take(source.batch_iterator("train", batch_size, **kwargs), 2 * bpe + 1)
+  # Each epoch is bpe full batches of distinct examples, reshuffled between epochs.
+  epoch0 = _keys(np.concatenate(fresh[:bpe]))
+  epoch1 = _keys(np.concatenate(fresh[bpe:2 * bpe]))
+  assert len(set(epoch0)) == bpe * batch_size and len(set(epoch1)) == bpe * batch_size
+  assert epoch0 != epoch1
+  for k in (1, bpe - 1, bpe, bpe + 1):
+    resumed = _take(source.batch_iterator("train", batch_size, start_batch=k, **kwargs),
+                    len(fresh) - k)
+    for a, b in zip(fresh[k:], resumed, strict=True):
+      np.testing.assert_array_equal(a, b)
+  again = _take(source.batch_iterator("train", batch_size, **kwargs), len(fresh))
+  for a, b in zip(fresh, again):
+    np.testing.assert_array_equal(a, b)
+  other = _take(source.batch_iterator("train", batch_size, **{**kwargs, "seed": 8}),
+                bpe)
+  assert _keys(np.concatenate(other)) != epoch0
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tfds"])
+def test_eval_stream_in_order_with_partial_batch(sources, kind):
+  source = sources[kind]
+  batches = list(source.batch_iterator("test", 8, seed=0, shuffle=False, repeat=False,
+                                       process_index=0, process_count=1))
+  n = source.num_examples["test"]
+  assert [len(b) for b in batches] == [8] * (n // 8) + ([n % 8] if n % 8 else [])
+  np.testing.assert_array_equal(np.concatenate(batches), source.load_split("test"))
+  skipped = list(source.batch_iterator("test", 8, seed=0, shuffle=False, repeat=False,
+                                       start_batch=1, process_index=0, process_count=1))
+  assert len(skipped) == len(batches) - 1
+  np.testing.assert_array_equal(np.concatenate(skipped), np.concatenate(batches[1:]))
+
+
+def test_synthetic_shapes_source_real_data(sources):
+  source = sources["tfds"]
+  assert source.image_shape == (32, 32, 3)
+  assert source.num_examples == {"train": 200, "test": 200}
+  train, test = source.load_split("train"), source.load_split("test")
+  assert train.dtype == np.uint8 and train.shape == (200, 32, 32, 3)
+  assert not set(_keys(train)) & set(_keys(test))
+
+
+# --- Errors and helpers ---------------------------------------------------------------
+
+
+def test_unknown_dataset_name_lists_known_ones():
+  with pytest.raises(ValueError) as e:
+    ip.get_data_source(_config(name="imagenet"))
+  assert "dataset.name" in str(e.value)
+  for name in ip.DATASETS:
+    assert name in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["numpy", "folder"])
+def test_missing_path(name, tmp_path):
+  with pytest.raises(ValueError, match="dataset.path"):
+    ip.get_data_source(_config(name=name, path=""))
+  with pytest.raises(FileNotFoundError, match="dataset.path"):
+    ip.get_data_source(_config(name=name, path=os.fspath(tmp_path / "nothing")))
+
+
+def test_empty_folder(tmp_path):
+  with pytest.raises(ValueError, match="no image files"):
+    ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path)))
+
+
+def test_validate_image_shape():
+  ip.validate_image_shape((28, 20, 1))
+  ip.validate_image_shape((64, 64))
+  for bad in [(30, 32, 3), (32, 18, 3)]:
+    with pytest.raises(ValueError, match="dataset.image_size"):
+      ip.validate_image_shape(bad)
+
+
+def test_bad_sizes_and_fractions(tmp_path):
+  np.save(tmp_path / "x.npy", _random_images(10, (4, 4)))
+  path = os.fspath(tmp_path / "x.npy")
+  with pytest.raises(ValueError, match="dataset.image_size"):
+    ip.get_data_source(_config(name="numpy", path=path, image_size=(0, 4)))
+  with pytest.raises(ValueError, match="dataset.test_fraction"):
+    ip.get_data_source(_config(name="numpy", path=path, test_fraction=1.0))
+  source = ip.get_data_source(_config(name="numpy", path=path))
+  with pytest.raises(ValueError, match="batch"):
+    next(source.batch_iterator("train", 64, seed=0, shuffle=True, repeat=True,
+                               process_index=0, process_count=1))
+  with pytest.raises(ValueError, match="split"):
+    source.load_split("validation")
+
+
+def test_check_images():
+  ip.check_images(np.zeros((2, 4, 4, 3), np.uint8), expected_shape=(4, 4, 3))
+  with pytest.raises(ValueError, match="uint8"):
+    ip.check_images(np.zeros((2, 4, 4, 3), np.float32))
+  with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+    ip.check_images(np.zeros((4, 4, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"\[N, 4, 4, 1\]"):
+    ip.check_images(np.zeros((2, 4, 4, 3), np.uint8), expected_shape=(4, 4, 1))
+
+
+def test_to_float():
+  images = np.array([[[[0], [128]], [[255], [1]]]], np.uint8)
+  out = jax.jit(ip.to_float)(images)
+  assert out.dtype == jnp.float32 and out.shape == images.shape
+  np.testing.assert_allclose(out, images / 255.0, rtol=1e-6)
+
+
+def test_tensorflow_sees_no_gpu():
+  assert tf.config.get_visible_devices("GPU") == []
+
+
+def test_plain_dict_config_and_prepare_cli(tmp_path, capsys):
+  np.save(tmp_path / "x.npy", _random_images(10, (4, 4)))
+  source = ip.get_data_source({"name": "numpy", "path": os.fspath(tmp_path / "x.npy")})
+  assert source.num_examples == {"train": 9, "test": 1}
+  with pytest.raises(ValueError, match="read-only"):
+    source.load_split("train")[0] = 0
+  ip.main(["numpy", "--path", os.fspath(tmp_path / "x.npy")])
+  assert "numpy: images (4, 4, 1)" in capsys.readouterr().out

@@ -1,0 +1,115 @@
+"""The conv VAE: output shapes for every decoder and image size, and the fast
+upsampling layer computing exactly the plain transposed convolution."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sigma_vae_jax import decoders
+from sigma_vae_jax import models
+from configs import default as default_config
+
+IMAGE_SHAPES = [(28, 28, 1), (32, 32, 3), (28, 20, 1), (64, 64, 3)]
+
+
+def _decoder_config(name):
+  config = default_config.get_config().decoder
+  config.name = name
+  if name == "beta":
+    config.beta = 0.5
+  return config
+
+
+@pytest.mark.parametrize("name", sorted(decoders.DECODERS))
+@pytest.mark.parametrize("image_shape", IMAGE_SHAPES)
+def test_output_shapes_for_every_decoder_and_size(name, image_shape):
+  decoder = decoders.get_decoder(_decoder_config(name))
+  model = models.VAE(image_shape, decoder.num_outputs(image_shape[-1]), latent_dim=20)
+  x = jnp.zeros((2,) + image_shape)
+  rng = jax.random.PRNGKey(0)
+  variables = jax.eval_shape(model.init, rng, x, rng)
+  out, mean, log_var, z = jax.eval_shape(model.apply, variables, x, rng)
+  assert out.shape == (2,) + image_shape[:2] + (decoder.num_outputs(image_shape[-1]),)
+  assert mean.shape == log_var.shape == z.shape == (2, 20)
+
+  nll = jax.eval_shape(
+      lambda o: decoder.nll(x, o, decoder.init_params(), decoder.init_state(),
+                            train=True).nll, out)
+  expected = (2,) + image_shape[:2] if name == "logistic_mixture" else (2,) + image_shape
+  assert nll.shape == expected
+  mean_image = jax.eval_shape(
+      lambda o: decoder.mean(o, decoder.init_params(), decoder.init_state()), out)
+  assert mean_image.shape == (2,) + image_shape
+
+
+def test_encoder_matches_paper_architecture():
+  model = models.VAE((28, 28, 3), 3, latent_dim=20)
+  rng = jax.random.PRNGKey(0)
+  params = jax.eval_shape(model.init, rng, jnp.zeros((1, 28, 28, 3)), rng)["params"]
+  enc, dec = params["encoder"], params["decoder"]
+  assert enc["Conv_0"]["kernel"].shape == (3, 3, 3, 32)
+  assert enc["Conv_1"]["kernel"].shape == (4, 4, 32, 64)
+  assert enc["Conv_2"]["kernel"].shape == (5, 5, 64, 128)
+  assert enc["mean"]["kernel"].shape == (7 * 7 * 128, 20)
+  assert dec["Dense_0"]["kernel"].shape == (20, 7 * 7 * 128)
+  assert dec["Upsample2x_0"]["kernel"].shape == (6, 6, 128, 64)
+  assert dec["Upsample2x_1"]["kernel"].shape == (6, 6, 64, 32)
+  assert dec["Conv_0"]["kernel"].shape == (5, 5, 32, 3)
+
+
+def _reference_transposed_conv(x, kernel):
+  """PyTorch-style ConvTranspose2d(stride 2, padding 2) by explicit scatter, float64.
+
+  Our kernel is applied unflipped in the lhs-dilated form, which is a transposed
+  convolution with the flipped kernel: out[2i + k - 2] += x[i] * kernel[5 - k].
+  """
+  x = np.asarray(x, np.float64)
+  w = np.asarray(kernel, np.float64)[::-1, ::-1]
+  b, h, wd, _ = x.shape
+  out = np.zeros((b, 2 * h + 4, 2 * wd + 4, w.shape[-1]))
+  for ki in range(6):
+    for kj in range(6):
+      out[:, ki:ki + 2 * h:2, kj:kj + 2 * wd:2] += np.einsum("bhwc,cd->bhwd", x, w[ki, kj])
+  return out[:, 2:2 + 2 * h, 2:2 + 2 * wd]
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 7, 5), (1, 7, 5, 3), (2, 4, 4, 2)])
+def test_both_upsample_forms_equal_an_explicit_transposed_conv(shape):
+  rng_x, rng_k = jax.random.split(jax.random.PRNGKey(shape[1]))
+  x = jax.random.normal(rng_x, shape)
+  kernel = jax.random.normal(rng_k, (6, 6, shape[-1], 4))
+  reference = _reference_transposed_conv(x, kernel)
+  np.testing.assert_allclose(models.upsample_conv_transpose(x, kernel), reference,
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(models.upsample_depth_to_space(x, kernel), reference,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_fast_and_plain_models_are_the_same_function_with_same_gradients():
+  image_shape = (28, 20, 3)
+  plain = models.VAE(image_shape, 3, latent_dim=8, base_channels=8, fast_upsample=False)
+  fast = models.VAE(image_shape, 3, latent_dim=8, base_channels=8, fast_upsample=True)
+  rng = jax.random.PRNGKey(1)
+  x = jax.random.uniform(rng, (3,) + image_shape)
+  params = plain.init(rng, x, rng)
+  assert jax.tree.structure(params) == jax.tree.structure(fast.init(rng, x, rng))
+
+  def loss(model, p):
+    out, mean, log_var, _ = model.apply(p, x, rng)
+    return jnp.sum(out ** 2) + jnp.sum(mean * log_var)
+
+  out_plain = plain.apply(params, x, rng)[0]
+  out_fast = fast.apply(params, x, rng)[0]
+  np.testing.assert_allclose(out_fast, out_plain, rtol=1e-5, atol=1e-5)
+  grads_plain = jax.grad(lambda p: loss(plain, p))(params)
+  grads_fast = jax.grad(lambda p: loss(fast, p))(params)
+  for gp, gf in zip(jax.tree.leaves(grads_plain), jax.tree.leaves(grads_fast)):
+    np.testing.assert_allclose(gf, gp, rtol=1e-4, atol=1e-4 * float(jnp.abs(gp).max()))
+
+
+@pytest.mark.parametrize("shape", [(30, 32, 3), (32, 6, 1), (2, 2, 1)])
+def test_image_shapes_the_model_cannot_take_are_refused(shape):
+  with pytest.raises(ValueError, match="dataset.image_size"):
+    models.validate_image_shape(shape)
