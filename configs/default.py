@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.decoder.beta = config_dict.placeholder(float)
   # Decay of the running average of sigma used at evaluation (optimal sigma decoders).
   config.decoder.sigma_ema_decay = 0.99
+  # optimal_sigma only: axes of [B, H, W, C] the closed-form variance averages over
+  # (must include 0); None shares one sigma. (0,) is one sigma per subpixel (paper Fig. 4).
+  config.decoder.sigma_axes = config_dict.placeholder(tuple)
   # Soft-clip bounds on log sigma for `per_pixel_sigma` (paper Sec. 3.1); None disables one side.
   config.decoder.log_sigma_min = -6.0
   config.decoder.log_sigma_max = 2.0

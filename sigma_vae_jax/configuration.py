@@ -39,6 +39,16 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
              f"beta={dec.beta} is given but decoder {dec.name!r} ignores it (only "
              f"{list(decoders.DECODERS_WITH_BETA)} use a KL weight); unset it or use "
              f"decoder.name='beta'")
+  if dec.get("sigma_axes") is not None:
+    axes = tuple(dec.sigma_axes)
+    _require(dec.name == "optimal_sigma", "decoder.sigma_axes",
+             f"only the optimal_sigma decoder shares sigma over chosen axes; got "
+             f"decoder {dec.name!r}")
+    _require(0 in axes and len(set(axes)) == len(axes)
+             and all(a in (0, 1, 2, 3) for a in axes), "decoder.sigma_axes",
+             f"must be distinct axes of [batch, height, width, channel] including the "
+             f"batch axis 0 (one sigma per image is decoder.name="
+             f"'optimal_sigma_per_image'); got {axes}")
   _require(dec.scale in decoders.SCALE_MODES, "decoder.scale",
            f"must be one of {list(decoders.SCALE_MODES)}; got {dec.scale!r}")
   _require(0.0 <= dec.sigma_ema_decay < 1.0, "decoder.sigma_ema_decay",

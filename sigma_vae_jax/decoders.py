@@ -63,7 +63,9 @@ class Decoder:
   def init_params(self) -> dict[str, Array]:
     return {}
 
-  def init_state(self) -> dict[str, Array]:
+  def init_state(self, image_shape=None) -> dict[str, Array]:
+    """Non-trainable state; `image_shape` (H, W, C) for state that depends on it."""
+    del image_shape
     return {}
 
   def update_state(self, state: State, output: DecoderOutput) -> State:
@@ -184,16 +186,33 @@ class OptimalSigma(_GaussianFamily):
 
   Training uses the batch estimate (the gradient through sigma* vanishes at the
   optimum); evaluation uses a bias-corrected running average of sigma*^2.
+
+  `axes` (paper Fig. 4): the axes of [B, H, W, C] the MSE averages over, always
+  including the batch axis 0. None (all axes) is the shared sigma of the optimal
+  sigma-VAE; (0,) gives one sigma per subpixel, (0, 3) one per pixel location.
+  The running average then holds one variance per non-averaged position.
   """
   name = "optimal_sigma"
-  axis = None
 
-  def __init__(self, ema_decay: float):
+  def __init__(self, ema_decay: float, axes: Optional[tuple[int, ...]] = None):
     self.ema_decay = float(ema_decay)
+    self.axes = None if axes is None else tuple(sorted(int(a) for a in axes))
 
-  def init_state(self):
+  def variance_shape(self, image_shape) -> tuple[int, ...]:
+    """Shape of the running variance: () when shared, else broadcastable to x."""
+    if self.axes is None:
+      return ()
+    full = (1,) + tuple(image_shape)
+    return tuple(1 if i in self.axes else d for i, d in enumerate(full))
+
+  def num_variance_parameters(self, image_shape) -> int:
+    return math.prod(self.variance_shape(image_shape))
+
+  def init_state(self, image_shape=None):
+    if self.axes is not None and image_shape is None:
+      raise ValueError("optimal sigma with sigma_axes needs the image shape")
     # Debiased EMA: ema / weight, with weight = 1 - decay^n (as Adam's moments).
-    return {"variance_ema": jnp.zeros((), jnp.float32),
+    return {"variance_ema": jnp.zeros(self.variance_shape(image_shape), jnp.float32),
             "ema_weight": jnp.zeros((), jnp.float32)}
 
   def update_state(self, state, output):
@@ -210,8 +229,9 @@ class OptimalSigma(_GaussianFamily):
 
   def _log_sigma(self, x, mean, out, params, state, train):
     if train:
-      log_sigma = losses.optimal_log_sigma(x, mean, axis=self.axis)
-      return log_sigma, jnp.exp(2 * log_sigma).mean()
+      log_sigma = losses.optimal_log_sigma(x, mean, axis=self.axes)
+      variance = jnp.exp(2 * log_sigma)
+      return log_sigma, variance.reshape(()) if self.axes is None else variance
     return self.running_log_sigma(state).astype(mean.dtype), None
 
 
@@ -407,8 +427,8 @@ class _Discretized(OptimalSigma):
   def update_state(self, state, output):
     return state if self.learned else super().update_state(state, output)
 
-  def init_state(self):
-    return {} if self.learned else super().init_state()
+  def init_state(self, image_shape=None):
+    return {} if self.learned else super().init_state(image_shape)
 
   def discrete_nll(self, x, out, params, state):
     return None  # its own NLL is already discrete
@@ -431,7 +451,7 @@ DECODERS: dict[str, Callable[[Any], Decoder]] = {
     "gaussian": lambda cfg: UnitGaussian(),
     "beta": lambda cfg: BetaVAE(cfg.beta),
     "shared_sigma": lambda cfg: SharedSigma(),
-    "optimal_sigma": lambda cfg: OptimalSigma(cfg.sigma_ema_decay),
+    "optimal_sigma": lambda cfg: OptimalSigma(cfg.sigma_ema_decay, cfg.get("sigma_axes")),
     "optimal_sigma_per_image": lambda cfg: OptimalSigmaPerImage(),
     "per_pixel_sigma": lambda cfg: PerPixelSigma(cfg.log_sigma_min, cfg.log_sigma_max),
     "student_t": lambda cfg: StudentT(cfg.student_t_df, cfg.log_sigma_min, cfg.log_sigma_max),

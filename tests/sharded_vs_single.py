@@ -24,15 +24,15 @@ def main(decoder_name):
   config = default_config.get_config()
   config.decoder.name = decoder_name
   config.model.latent_dim, config.model.base_channels = 4, 4
-  config.batch_size, config.steps_per_call = 16, 3
+  config.batch_size = 16
   images = np.random.RandomState(0).randint(0, 256, (40, 8, 8, 3)).astype(np.uint8)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     trainer = train.Trainer(config, (8, 8, 3), Mesh(np.asarray(devices), ("data",)))
     state = trainer.init_state()
     data = trainer.put_replicated(images)
-    state, metrics = trainer.train_on_device(state, data)
-    state, metrics = trainer.train_on_device(state, data)
+    for _ in range(3):
+      state, metrics = trainer.train_on_device(state, data)
     num_devices = len(state.params["vae"]["encoder"]["Conv_0"]["kernel"].sharding.device_set)
     results.append((jax.device_get(state), jax.device_get(metrics),
                     trainer.train_on_device._cache_size(), num_devices))

@@ -154,3 +154,22 @@ def test_unknown_decoder_lists_the_known_ones():
   config.name = "gaussain"
   with pytest.raises(ValueError, match="decoder.name.*optimal_sigma"):
     decoders.get_decoder(config)
+
+
+@pytest.mark.parametrize("axes,num_params", [(None, 1), ((0,), 4 * 4 * 3), ((0, 3), 16),
+                                             ((0, 1, 2), 3)])
+def test_partially_shared_optimal_sigma_averages_over_the_given_axes(axes, num_params):
+  decoder = _decoder("optimal_sigma", sigma_axes=axes, sigma_ema_decay=0.5)
+  assert decoder.num_variance_parameters((4, 4, 3)) == num_params
+  out = _outputs(decoder, shape=(5, 4, 4, 3))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (5, 4, 4, 3))
+  squared = (np.asarray(x, np.float64) - np.asarray(jax.nn.sigmoid(out), np.float64)) ** 2
+  expected = squared.mean(axis=axes, keepdims=True)
+  state = decoder.init_state((4, 4, 3))
+  result = decoder.nll(x, out, {}, state, train=True)
+  np.testing.assert_allclose(np.broadcast_to(np.exp(2 * result.log_sigma), squared.shape),
+                             np.broadcast_to(expected, squared.shape), rtol=1e-5)
+  state = decoder.update_state(state, result)
+  np.testing.assert_allclose(
+      np.broadcast_to(np.exp(2 * decoder.running_log_sigma(state)), squared.shape),
+      np.broadcast_to(expected, squared.shape), rtol=1e-5)

@@ -49,15 +49,17 @@ def _trainer(config, image_shape=(8, 8, 3)):
 
 @pytest.mark.parametrize("name", sorted(decoders.DECODERS))
 def test_a_few_steps_reduce_the_loss_for_every_decoder(name):
-  config = _tiny_config(name, steps_per_call=10)
+  config = _tiny_config(name)
   trainer = _trainer(config)
   state = trainer.init_state()
   images = trainer.put_replicated(_smooth_images())
-  state, first = trainer.train_on_device(state, images)
-  for _ in range(3):
-    state, last = trainer.train_on_device(state, images)
-  first, last = float(first["loss"]), float(last["loss"])
-  assert np.isfinite(last)
+  losses = []
+  for _ in range(40):
+    state, metrics = trainer.train_on_device(state, images)
+    losses.append(metrics["loss"])
+  losses = np.asarray(jax.device_get(losses))
+  first, last = float(losses[:10].mean()), float(losses[-10:].mean())
+  assert np.all(np.isfinite(losses))
   # Losses are 10-step averages on one fixed batch. An absolute margin: several
   # decoders carry large constants (entropy, log 2pi), and the unit-variance
   # Gaussian learns slowly by design (the paper's point).
@@ -72,13 +74,30 @@ def test_sharded_step_matches_single_device_step():
   assert result.returncode == 0, result.stderr[-3000:]
   r = json.loads(result.stdout.strip().splitlines()[-1])
   assert r["num_devices"] == 8
-  assert r["steps"] == [6, 6]
+  assert r["steps"] == [3, 3]
   assert r["param_max_abs_diff"] <= 1e-5 * r["param_max_abs"], r
   np.testing.assert_allclose(r["loss_sharded"], r["loss_single"], rtol=1e-5)
   # The closed-form sigma is over the *global* batch: its running average agrees.
   for key, value in r["decoder_state_single"].items():
     np.testing.assert_allclose(r["decoder_state_sharded"][key], value, rtol=1e-5)
   assert r["cache_size"] == 1
+
+
+def test_several_steps_per_call_equal_single_steps():
+  images = _smooth_images(24)
+  states = []
+  for steps_per_call, calls in ((1, 4), (4, 1)):
+    trainer = _trainer(_tiny_config("optimal_sigma", steps_per_call=steps_per_call))
+    state = trainer.init_state()
+    data = trainer.put_replicated(images)
+    for _ in range(calls):
+      state, _ = trainer.train_on_device(state, data)
+    states.append(jax.device_get(state))
+  single, scanned = states
+  assert int(single.step) == int(scanned.step) == 4
+  for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(scanned)):
+    # Same math; XLA fuses differently inside the scan (float32 rounding only).
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-5)
 
 
 def test_train_step_compiles_once_across_steps_and_evaluation():
