@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -35,11 +36,17 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
   def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps(read=True))
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any) -> None:
-    """Starts an asynchronous save; `wait()` makes it durable."""
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    """Starts an asynchronous save; `wait()` makes it durable.
+
+    The save reads a device-side copy: training goes on at once and donates the
+    state's buffers to the next step, which must not change what is being written.
+    """
+    snapshot = jax.tree.map(lambda x: x.copy(), state)
+    self._manager.save(step, args=ocp.args.StandardSave(snapshot), force=True)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -66,13 +73,26 @@ class Checkpointer:
               f"older one. ({failures[-1]})", flush=True)
         continue
       if failures:
+        moved = self._quarantine([s for s in steps if s > step])
         print(f"Restored the checkpoint at step {step} after skipping "
-              f"{len(failures)} unreadable newer one(s).", flush=True)
+              f"{len(failures)} unreadable newer one(s), moved to {moved}.", flush=True)
       return state, step
     raise CheckpointError(
         f"None of the checkpoints in {self.directory} can be read:\n  " +
         "\n  ".join(failures) +
         "\nMove the directory away to start over.")
+
+  def _quarantine(self, steps: list[int]) -> str:
+    """Moves unreadable checkpoints out of the managed directory (kept for
+    inspection, and so that training can write those steps again)."""
+    target = self.directory + "_unreadable"
+    if jax.process_index() == 0:
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        destination = os.path.join(target, f"{step}_{int(time.time())}")
+        os.replace(os.path.join(self.directory, str(step)), destination)
+    self._manager.reload()
+    return target
 
   def close(self) -> None:
     self._manager.wait_until_finished()

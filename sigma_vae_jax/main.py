@@ -23,6 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    # Orbax and TFDS log every file they touch at INFO; keep the console for progress.
+    logging.set_verbosity(logging.WARNING)
   # TensorFlow only feeds data here; keep it off the accelerators JAX uses.
   import tensorflow as tf
   tf.config.experimental.set_visible_devices([], "GPU")
@@ -36,7 +39,10 @@ def main(argv):
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (configuration.ConfigError, checkpointing.CheckpointError,
-          train.NonFiniteError) as e:
+          train.NonFiniteError, ValueError, FileNotFoundError) as e:
+    # Expected failures (bad config, data or workdir) get one clear line, no traceback;
+    # the traceback stays in the debug log for bug reports.
+    logging.debug("Stopped by", exc_info=True)
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
 

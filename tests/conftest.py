@@ -7,3 +7,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory):
+  """A TFDS data_dir with the built-in synthetic_shapes dataset prepared (~3 s)."""
+  from sigma_vae_jax import input_pipeline
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  input_pipeline.get_data_source({"name": "synthetic_shapes", "data_dir": data_dir})
+  return data_dir
