@@ -9,25 +9,17 @@ uint8). `dataset.clip_length` is the length of the consecutive-frame clips that
 model.
 """
 
-import importlib.util
-import os
-
-
-def _default():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("sigma_vae_configs_default", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sigma_vae_jax import default_config
 
 
 def get_config():
-  config = _default().get_config()
+  config = default_config.get_config()
   config.dataset.name = "bair"
   config.dataset.on_device = False
   # Frames per clip for the sequential model (SVG on BAIR: 2 context + 10 predicted).
   config.dataset.clip_length = 12
-  config.num_train_steps = 20_000  # ~1 epoch of frames at batch 64.
+  config.batch_size = 128
+  config.num_train_steps = 10_000  # ~1 epoch of the 1.3M frames at batch 128.
   config.eval_every_steps = 2_000
   config.checkpoint_every_steps = 2_000
   return config

@@ -6,20 +6,11 @@ manual directory (`<data_dir>/downloads/manual/frey_rawface.mat`, or
 `dataset.manual_dir`) when it is there. Set `dataset.download=False` to never download.
 """
 
-import importlib.util
-import os
-
-
-def _default():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("sigma_vae_configs_default", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sigma_vae_jax import default_config
 
 
 def get_config():
-  config = _default().get_config()
+  config = default_config.get_config()
   config.dataset.name = "frey_face"
   config.dataset.test_fraction = 0.1
   # 1,768 training images: ~27 steps per epoch at batch 64.
