@@ -80,6 +80,42 @@ class Upsample2x(nn.Module):
     return fn(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
 
 
+def padded_output_channels(c_out: int) -> int:
+  """Output channels the fast final convolution computes (zero kernel columns added).
+
+  XLA:CPU runs the gradients of a 5x5 convolution to an odd number (> 1) of
+  channels, e.g. the 3 of an RGB Gaussian decoder, several times slower than to
+  the next multiple of 4; the extra outputs are exact zeros and are sliced off.
+  """
+  return c_out + (-c_out) % 4 if c_out > 1 and c_out % 2 else c_out
+
+
+class OutputConv(nn.Module):
+  """The decoder's last 'SAME' convolution; the same parameters as nn.Conv.
+
+  fast: compute it with the kernel zero-padded to `padded_output_channels`
+  output channels and slice them off (the same function and gradients).
+  """
+  features: int
+  kernel_size: int = 5
+  fast: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features)).astype(x.dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    padded = padded_output_channels(self.features) if self.fast else self.features
+    if padded > self.features:
+      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, padded - self.features)))
+    p = (k - 1) // 2
+    y = jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=((p, k - 1 - p), (p, k - 1 - p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y[..., :self.features] + bias.astype(x.dtype)
+
+
 class Encoder(nn.Module):
   """conv 3x3 s1 (c), conv 4x4 s2 (2c), conv 5x5 s2 (4c), ReLU; dense heads.
 
@@ -110,6 +146,7 @@ class Decoder(nn.Module):
   num_outputs: int
   base_channels: int = 32
   fast_upsample: bool = True
+  fast_output: bool = True
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
@@ -119,7 +156,7 @@ class Decoder(nn.Module):
     x = x.reshape(z.shape[0], h // 4, w // 4, 4 * c)
     x = nn.relu(Upsample2x(2 * c, fast=self.fast_upsample)(x))
     x = nn.relu(Upsample2x(c, fast=self.fast_upsample)(x))
-    return nn.Conv(self.num_outputs, (5, 5), strides=1, padding=((2, 2), (2, 2)))(x)
+    return OutputConv(self.num_outputs, 5, fast=self.fast_output, name="Conv_0")(x)
 
 
 class VAE(nn.Module):
@@ -133,11 +170,12 @@ class VAE(nn.Module):
   latent_dim: int = 20
   base_channels: int = 32
   fast_upsample: bool = True
+  fast_output: bool = True
 
   def setup(self):
     self.encoder = Encoder(self.latent_dim, self.base_channels)
     self.decoder = Decoder(self.image_shape, self.num_outputs, self.base_channels,
-                           self.fast_upsample)
+                           self.fast_upsample, self.fast_output)
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.encoder(x)

@@ -113,3 +113,47 @@ def test_fast_and_plain_models_are_the_same_function_with_same_gradients():
 def test_image_shapes_the_model_cannot_take_are_refused(shape):
   with pytest.raises(ValueError, match="dataset.image_size"):
     models.validate_image_shape(shape)
+
+
+# ---- fast output convolution (odd channel counts padded to a multiple of 4) ------
+
+
+@pytest.mark.parametrize("c_out", [1, 2, 3, 5, 6, 100])
+def test_fast_output_conv_is_nn_conv_with_the_same_parameters_and_gradients(c_out):
+  x = jax.random.normal(jax.random.PRNGKey(c_out), (2, 12, 8, 6))
+  reference = models.nn.Conv(c_out, (5, 5), strides=1, padding=((2, 2), (2, 2)))
+  params = reference.init(jax.random.PRNGKey(0), x)
+  assert models.padded_output_channels(c_out) % (4 if c_out % 2 and c_out > 1 else 1) == 0
+  g = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 8, c_out))
+  loss = lambda module: lambda p, x: jnp.sum(module.apply(p, x) * g)
+  ref_grads = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  for fast in (False, True):
+    conv = models.OutputConv(c_out, 5, fast=fast)
+    ours = conv.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.structure(ours) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(params)):
+      np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(conv.apply(params, x), reference.apply(params, x),
+                               rtol=1e-5, atol=1e-5)
+    grads = jax.grad(loss(conv), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_all_fast_paths_off_and_on_give_the_same_model():
+  image_shape = (32, 32, 3)
+  kwargs = dict(latent_dim=8, base_channels=4)
+  plain = models.VAE(image_shape, 3, fast_upsample=False, fast_output=False, **kwargs)
+  fast = models.VAE(image_shape, 3, **kwargs)
+  assert fast.fast_upsample and fast.fast_output
+  rng = jax.random.PRNGKey(4)
+  x = jax.random.uniform(rng, (2,) + image_shape)
+  params = plain.init(rng, x, rng)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fast.init(rng, x, rng))):
+    np.testing.assert_array_equal(a, b)
+  loss = lambda model: lambda p: jnp.sum(model.apply(p, x, rng)[0] ** 2)
+  np.testing.assert_allclose(fast.apply(params, x, rng)[0], plain.apply(params, x, rng)[0],
+                             rtol=1e-5, atol=1e-5)
+  grads_plain, grads_fast = jax.grad(loss(plain))(params), jax.grad(loss(fast))(params)
+  for gp, gf in zip(jax.tree.leaves(grads_plain), jax.tree.leaves(grads_fast)):
+    np.testing.assert_allclose(gf, gp, rtol=1e-4, atol=1e-4 * float(jnp.abs(gp).max()))

@@ -1,0 +1,251 @@
+r"""Training/eval throughput of the configured VAE on synthetic batches (no dataset).
+
+  python scripts/benchmark.py --config=configs/default.py \
+      --image_shape=28,28,3 --config.batch_size=128 [--measure_matmul_peak]
+
+Builds the configured model and decoder (`train.Trainer`, all devices in one data
+mesh), compiles, warms up, then times `--steps` train steps and `--eval_steps` eval
+steps one by one with `block_until_ready` (medians, robust on a shared machine). It
+then runs a short training from the device-resident data path (`train_on_device` on
+a replicated uint8 dataset of `--num_images` synthetic images), i.e. steps/s
+including batch gathering. Prints ONE JSON line on stdout, with at least
+images_per_sec, step_ms, eval_images_per_sec, compile_s, devices, backend, config.
+
+FLOPs: `flops_per_step` is the analytic count of the model's useful
+multiply-adds x 2 (forward, plus both backward passes, minus the unneeded input
+gradient of the first layer); it does not depend on how a layer is computed, so
+it is the number to compare formulations by. `xla_flops_per_step` is what XLA's
+cost analysis of the compiled single train step says (it counts the zeros of an
+lhs-dilated convolution, so it is larger for model.fast_upsample=False).
+`--measure_matmul_peak` times a square fp32 `jnp.dot` and reports the step's
+achieved GFLOP/s (analytic count) as a fraction of it.
+
+bfloat16 is not supported (the model has no dtype option).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", os.path.join(ROOT, "configs", "default.py"),
+    "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("image_shape", None,
+                    "H,W,C of the synthetic images; default: from config.dataset "
+                    "(image_size, else the dataset's native shape).")
+flags.DEFINE_integer("steps", 20, "Timed train calls.")
+flags.DEFINE_integer("eval_steps", 20, "Timed eval calls.")
+flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.")
+flags.DEFINE_integer("device_train_steps", 20,
+                     "Optimizer steps of the device-resident training run (0: skip).")
+flags.DEFINE_integer("num_images", 4096, "Size of the device-resident synthetic dataset.")
+flags.DEFINE_bool("measure_matmul_peak", False,
+                  "Measure the fp32 matmul GFLOP/s and report the step's fraction of it.")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the square matrices for the peak.")
+flags.DEFINE_integer("matmul_repeats", 10, "Timed matmuls (median).")
+
+# Native (H, W, C) of the built-in datasets; numpy/folder need --image_shape.
+NATIVE_SHAPES = {
+    "synthetic_shapes": (32, 32, 3), "mnist": (28, 28, 1), "svhn": (32, 32, 3),
+    "cifar10": (32, 32, 3), "celeba": (32, 32, 3), "frey_face": (28, 20, 1),
+    "bair": (64, 64, 3),
+}
+
+
+def resolve_image_shape(config, flag_value):
+  if flag_value:
+    shape = tuple(int(v) for v in flag_value.split(","))
+    if len(shape) != 3:
+      raise app.UsageError(f"--image_shape must be H,W,C; got {flag_value!r}")
+    return shape
+  name = config.dataset.name
+  if name not in NATIVE_SHAPES:
+    raise app.UsageError(f"dataset {name!r} has no known shape: pass --image_shape=H,W,C")
+  h, w, c = NATIVE_SHAPES[name]
+  if config.dataset.image_size is not None:
+    h, w = (int(v) for v in config.dataset.image_size)
+  return h, w, c
+
+
+def analytic_train_flops(image_shape, batch, latent_dim, base_channels, num_outputs):
+  """2 x multiply-adds of one train step of models.VAE (fwd + bwd), per global batch."""
+  h, w, cin = image_shape
+  c = base_channels
+  conv = lambda ho, wo, k, ci, co: 2 * batch * ho * wo * k * k * ci * co
+  flat = (h // 4) * (w // 4) * 4 * c
+  first = conv(h, w, 3, cin, c)
+  fwd = (first
+         + conv(h // 2, w // 2, 4, c, 2 * c)
+         + conv(h // 4, w // 4, 5, 2 * c, 4 * c)
+         + 2 * (2 * batch * flat * latent_dim)          # mean and log_var heads
+         + 2 * batch * latent_dim * flat                # decoder dense
+         + conv(h // 4, w // 4, 6, 4 * c, 2 * c)        # transposed conv: per input pixel
+         + conv(h // 2, w // 2, 6, 2 * c, c)
+         + conv(h, w, 5, c, num_outputs))
+  # Backward: input and weight gradients each cost a forward; the data needs no gradient.
+  return 3 * fwd - first
+
+
+def measure_matmul_peak(n, repeats):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  for _ in range(2):
+    dot(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, b).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * n ** 3 / float(np.median(times)) / 1e9
+
+
+def _timed_calls(fn, n):
+  """Runs fn() n times, each to completion; returns the list of seconds."""
+  times = []
+  for _ in range(n):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def run(config, image_shape):
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import Mesh
+  import numpy as np
+  from sigma_vae_jax import models
+  from sigma_vae_jax import train
+
+  models.validate_image_shape(image_shape)
+  devices = jax.devices()
+  mesh = Mesh(np.asarray(devices), (train.DATA_AXIS,))
+  trainer = train.Trainer(config, image_shape, mesh)
+  batch, spc = config.batch_size, config.steps_per_call
+  rng = np.random.RandomState(config.seed)
+  result = {}
+
+  # ---- train step on host-provided batches [steps_per_call, B, H, W, C] ----------
+  state = trainer.init_state()
+  batches = trainer.put_batches(
+      rng.randint(0, 256, (spc, batch) + tuple(image_shape)).astype(np.uint8))
+  start = time.perf_counter()
+  train_fn = trainer.train_on_batches.lower(state, batches).compile()
+  result["compile_s"] = time.perf_counter() - start
+  for _ in range(FLAGS.warmup):
+    state, metrics = train_fn(state, batches)
+  jax.block_until_ready((state, metrics))
+
+  def train_call():
+    nonlocal state
+    state, metrics = train_fn(state, batches)
+    jax.block_until_ready((state, metrics))
+
+  times = np.asarray(_timed_calls(train_call, FLAGS.steps)) / spc
+  step_s = float(np.median(times))
+  result.update(images_per_sec=batch / step_s, step_ms=1e3 * step_s,
+                step_ms_min=1e3 * float(times.min()),
+                step_ms_mean=1e3 * float(times.mean()))
+
+  # ---- eval step -------------------------------------------------------------------
+  images = jax.device_put(batches[0], trainer.batch_sharding)
+  mask = jax.device_put(np.ones(batch, bool), trainer.batch_sharding)
+  eval_rng = jax.random.PRNGKey(1)
+  eval_fn = trainer.eval_sums.lower(state, images, mask, eval_rng).compile()
+  for _ in range(FLAGS.warmup):
+    jax.block_until_ready(eval_fn(state, images, mask, eval_rng))
+  times = _timed_calls(lambda: jax.block_until_ready(eval_fn(state, images, mask, eval_rng)),
+                       FLAGS.eval_steps)
+  result["eval_step_ms"] = 1e3 * float(np.median(times))
+  result["eval_images_per_sec"] = batch / float(np.median(times))
+
+  # ---- short training from the device-resident dataset ------------------------------
+  if FLAGS.device_train_steps > 0:
+    num_images = max(FLAGS.num_images, batch)
+    data = trainer.put_replicated(
+        rng.randint(0, 256, (num_images,) + tuple(image_shape)).astype(np.uint8))
+    state = trainer.init_state()
+    device_fn = trainer.train_on_device.lower(state, data).compile()
+    for _ in range(FLAGS.warmup):
+      state, metrics = device_fn(state, data)
+    jax.block_until_ready((state, metrics))
+    calls = max(1, math.ceil(FLAGS.device_train_steps / spc))
+    start = time.perf_counter()
+    for _ in range(calls):  # Dispatched back to back, as in train_and_evaluate.
+      state, metrics = device_fn(state, data)
+    jax.block_until_ready((state, metrics))
+    elapsed = time.perf_counter() - start
+    result["device_train_steps_per_sec"] = calls * spc / elapsed
+    result["device_train_images_per_sec"] = calls * spc * batch / elapsed
+    result["device_train_steps"] = calls * spc
+
+  # ---- FLOPs ------------------------------------------------------------------------
+  decoder = trainer.decoder
+  flops = analytic_train_flops(image_shape, batch, config.model.latent_dim,
+                               config.model.base_channels,
+                               decoder.num_outputs(image_shape[-1]))
+  result["flops_per_step"] = float(flops)
+  result["achieved_gflops"] = flops / step_s / 1e9
+  try:
+    one_step = jax.jit(functools.partial(
+        train.train_step, model=trainer.model, decoder=decoder, tx=trainer.tx,
+        skip_nonfinite=config.skip_nonfinite_updates))
+    cost = one_step.lower(trainer.init_state(), batches[0]).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    result["xla_flops_per_step"] = float(cost["flops"])
+  except Exception as e:  # pylint: disable=broad-except
+    result["xla_flops_per_step"] = None
+    print(f"XLA cost analysis unavailable: {e!r}", file=sys.stderr)
+
+  if FLAGS.measure_matmul_peak:
+    peak = measure_matmul_peak(FLAGS.matmul_size, FLAGS.matmul_repeats)
+    result["matmul_peak_gflops"] = peak
+    result["matmul_size"] = FLAGS.matmul_size
+    result["fraction_of_matmul_peak"] = result["achieved_gflops"] / peak
+    result["ceiling_images_per_sec"] = batch * peak * 1e9 / flops
+
+  # The algorithms the model actually runs (whatever the config could express).
+  result["model_algorithms"] = {
+      name: getattr(trainer.model, name)
+      for name in ("fast_upsample", "fast_output")
+      if hasattr(trainer.model, name)}
+  result["devices"] = len(devices)
+  result["device_kind"] = devices[0].device_kind
+  result["backend"] = jax.default_backend()
+  result["image_shape"] = list(image_shape)
+  result["batch_size"] = batch
+  result["config"] = config.to_dict()
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  image_shape = resolve_image_shape(config, FLAGS.image_shape)
+  result = run(config, image_shape)
+  print(json.dumps(result, default=str, sort_keys=False), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

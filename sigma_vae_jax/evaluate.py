@@ -1,0 +1,360 @@
+"""Model-level evaluation of a trained VAE: ELBO, IWAE bound, rate decomposition
+(mutual information and marginal KL, paper Sec. 5.2), effective beta, FID.
+
+Every function takes a `train.Trainer` and a `train.TrainState` (e.g. from
+`load_run(workdir)`) and uint8 test images [N, H, W, C]; the per-batch work is
+jitted, batches are sharded over the trainer's mesh and the last batch is padded
+(and masked), so every function compiles once per batch size.
+
+All log-likelihoods are in nats per example (summed over data dimensions), with the
+decoder's *evaluation* likelihood (`Decoder.eval_nll`: KL weight 1, the running
+average of sigma for the optimal sigma decoders; the `beta` decoder as the Gaussian
+with sigma^2 = beta).
+
+Effective beta convention: Eq. 7 of the paper as printed, sigma^2 = beta
+(`losses.effective_beta`). The paper's Table 1 uses sigma^2 = beta / 2, i.e. its
+beta is twice ours; `effective_beta` returns both.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import ml_collections
+import numpy as np
+
+from sigma_vae_jax import checkpointing
+from sigma_vae_jax import decoders
+from sigma_vae_jax import input_pipeline
+from sigma_vae_jax import losses
+from sigma_vae_jax import metrics
+from sigma_vae_jax import models
+from sigma_vae_jax import train
+
+# Config fields saved as JSON lists that the code expects as tuples.
+_TUPLE_FIELDS = (("decoder", "sigma_axes"), ("dataset", "image_size"))
+
+
+# ----------------------------------------------------------------------------------
+# Loading a finished run.
+# ----------------------------------------------------------------------------------
+
+
+def config_from_json(path: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json -> ConfigDict (JSON lists back to tuples where needed)."""
+  with open(path) as f:
+    d = json.load(f)
+  for section, key in _TUPLE_FIELDS:
+    value = d.get(section, {}).get(key)
+    if isinstance(value, list):
+      d[section][key] = tuple(value)
+  return ml_collections.ConfigDict(d)
+
+
+def load_run(workdir: str, *, image_shape=None
+             ) -> tuple[ml_collections.ConfigDict, train.Trainer, train.TrainState]:
+  """Rebuilds (config, trainer, state) from WORKDIR/config.json + the latest checkpoint.
+
+  The trainer's mesh spans all devices. image_shape (H, W, C) defaults to the
+  dataset's (read from the prepared dataset of config.dataset).
+  Raises FileNotFoundError without config.json, CheckpointError without a checkpoint.
+  """
+  workdir = os.path.abspath(workdir)
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training workdir "
+                            f"(run sigma_vae_jax.main --workdir={workdir} first).")
+  config = config_from_json(path)
+  if image_shape is None:
+    image_shape = input_pipeline.get_data_source(config.dataset).image_shape
+  mesh = Mesh(np.asarray(jax.devices()), (train.DATA_AXIS,))
+  trainer = train.Trainer(config, image_shape, mesh)
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                            config.max_checkpoints_to_keep)
+  try:
+    state, step = checkpointer.restore_latest(trainer.init_state())
+  finally:
+    checkpointer.close()
+  if state is None:
+    raise checkpointing.CheckpointError(f"No checkpoint in {workdir}/checkpoints.")
+  return config, trainer, jax.device_put(state, trainer.replicated)
+
+
+def load_test_images(config, num_examples: Optional[int] = None) -> np.ndarray:
+  """The first num_examples (all: None) uint8 test images of config.dataset."""
+  images = input_pipeline.get_data_source(config.dataset).load_split("test")
+  return images if num_examples is None else images[:num_examples]
+
+
+# ----------------------------------------------------------------------------------
+# Helpers.
+# ----------------------------------------------------------------------------------
+
+
+def _batch_size_for(trainer: train.Trainer, batch_size: int) -> int:
+  """Rounds up to a multiple of the number of devices (batches are sharded)."""
+  n = trainer.mesh.devices.size
+  return max(n, -(-batch_size // n) * n)
+
+
+def _batches(trainer, images: np.ndarray, batch_size: int):
+  """(sharded uint8 batch, mask numpy [b], number of valid rows) for each padded batch."""
+  batch_size = _batch_size_for(trainer, batch_size)
+  for images_b, mask in train._padded_batches(np.asarray(images), batch_size):
+    yield trainer._global(images_b, trainer.batch_sharding), mask, int(mask.sum())
+
+
+def _vae(trainer, state):
+  return {"params": state.params["vae"]}
+
+
+@functools.partial(jax.jit, static_argnames=("trainer",))
+def _encode(trainer, state, images):
+  x = input_pipeline.to_float(images)
+  return trainer.model.apply(_vae(trainer, state), x, method=models.VAE.encode)
+
+
+def encode(trainer, state, images: np.ndarray, batch_size: int = 128
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """Posterior parameters of uint8 images: (mean [N, D], log_var [N, D])."""
+  means, log_vars = [], []
+  for batch, _, n in _batches(trainer, images, batch_size):
+    mean, log_var = jax.device_get(_encode(trainer, state, batch))
+    means.append(mean[:n])
+    log_vars.append(log_var[:n])
+  return np.concatenate(means), np.concatenate(log_vars)
+
+
+# ----------------------------------------------------------------------------------
+# ELBO (Tables 1-4).
+# ----------------------------------------------------------------------------------
+
+
+def evaluate_elbo(trainer, state, images: np.ndarray, batch_size: int = 128
+                  ) -> dict[str, float]:
+  """Test negative ELBO per example: `Trainer.evaluate` over uint8 images.
+
+  Returns nelbo, rec, kl (nats per example), bpd, plus log_sigma (mean log sigma)
+  for decoders with a scale, and nelbo_discrete / bpd_discrete for the continuous
+  Gaussian decoders (discretized Gaussian probability of the 8-bit data, Table 4).
+  For discrete decoders (`decoder.is_discrete`) nelbo is already the discrete one.
+  """
+  batch_size = _batch_size_for(trainer, batch_size)
+  return trainer.evaluate(state, train._padded_batches(np.asarray(images), batch_size))
+
+
+# ----------------------------------------------------------------------------------
+# Importance-weighted bound.
+# ----------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("trainer", "num_samples"))
+def _log_weights(trainer, state, images, key, num_samples):
+  """log w = log p(x|z) + log p(z) - log q(z|x) for num_samples z ~ q(z|x): [K, B]."""
+  x = input_pipeline.to_float(images)
+  variables = _vae(trainer, state)
+  mean, log_var = trainer.model.apply(variables, x, method=models.VAE.encode)
+  z = metrics.sample_diag_gaussian(key, mean, log_var, num_samples)  # [K, B, D]
+  k, b = z.shape[:2]
+  out = trainer.model.apply(variables, z.reshape((k * b,) + z.shape[2:]),
+                            method=models.VAE.decode)
+  xk = jnp.broadcast_to(x[None], (k,) + x.shape).reshape((k * b,) + x.shape[1:])
+  dec = trainer.decoder.eval_nll(xk, out, state.params["decoder"], state.decoder_state)
+  log_px = -losses.sum_over_data_dims(dec.nll).reshape(k, b)
+  log_pz = metrics.standard_normal_log_prob(z)
+  log_qz = metrics.gaussian_log_prob(z, mean[None], log_var[None])
+  return log_px + log_pz - log_qz
+
+
+def iwae_log_weights(trainer, state, images: np.ndarray, num_samples: int,
+                     batch_size: int, rng: jax.Array, chunk_size: int = 16) -> np.ndarray:
+  """Importance log-weights [K, N] (nats) of uint8 images, K = num_samples.
+
+  Batch i draws its samples in chunks of `chunk_size`: chunk j uses the key
+  fold_in(fold_in(rng, i), j) and `metrics.sample_diag_gaussian(key, mean, log_var,
+  min(chunk_size, remaining))`.
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+  columns = []
+  for i, (batch, _, n) in enumerate(_batches(trainer, images, batch_size)):
+    batch_key = jax.random.fold_in(rng, i)
+    chunks, done, j = [], 0, 0
+    while done < num_samples:
+      k = min(chunk_size, num_samples - done)
+      log_w = _log_weights(trainer, state, batch, jax.random.fold_in(batch_key, j), k)
+      chunks.append(np.asarray(jax.device_get(log_w), np.float64)[:, :n])
+      done, j = done + k, j + 1
+    columns.append(np.concatenate(chunks, axis=0))
+  return np.concatenate(columns, axis=1)
+
+
+def iwae_nll(trainer, state, images: np.ndarray, num_samples: int, batch_size: int,
+             rng: jax.Array, chunk_size: int = 16) -> np.ndarray:
+  """Per-example importance-weighted estimate of -log p(x) with K samples, nats [N].
+
+  -L_K with L_K = logsumexp_k log w_k - log K (Burda et al. 2016, `metrics.iwae_bound`):
+  an upper bound on -log p(x) in expectation; K = 1 is the single-sample negative
+  ELBO (with the Monte Carlo KL) and E[-L_K] decreases with K.
+  """
+  log_w = iwae_log_weights(trainer, state, images, num_samples, batch_size, rng,
+                           chunk_size)
+  k = log_w.shape[0]
+  bound = np.logaddexp.reduce(log_w, axis=0) - math.log(k)
+  return -bound
+
+
+# ----------------------------------------------------------------------------------
+# Rate decomposition (paper Eq. 9, Fig. 3, Fig. 4).
+# ----------------------------------------------------------------------------------
+
+
+@jax.jit
+def _rate(z, mean, log_var):
+  return metrics.mutual_information_and_marginal_kl(z, mean, log_var)
+
+
+def rate_decomposition(trainer, state, images: np.ndarray, rng: jax.Array,
+                       batch_size: int = 128) -> dict[str, float]:
+  """Monte Carlo I_e(x; z) and D_KL(m(z) || p(z)) over the given images (Rosca et al.).
+
+  One z_i ~ q(z|x_i) per image; m(z) is the aggregate posterior of these N images.
+  Returns floats (nats): mutual_information, marginal_kl, average_kl (closed form;
+  ~= their sum), log_n (the MI estimate is at most log N).
+  """
+  mean, log_var = encode(trainer, state, images, batch_size)
+  mean, log_var = jnp.asarray(mean), jnp.asarray(log_var)
+  z = metrics.sample_diag_gaussian(rng, mean, log_var)
+  return {k: float(v) for k, v in jax.device_get(_rate(z, mean, log_var)).items()}
+
+
+# ----------------------------------------------------------------------------------
+# Effective beta.
+# ----------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("trainer",))
+def _log_sigma_sums(trainer, state, images, mask):
+  x = input_pipeline.to_float(images)
+  variables = _vae(trainer, state)
+  mean, _ = trainer.model.apply(variables, x, method=models.VAE.encode)
+  out = trainer.model.apply(variables, mean, method=models.VAE.decode)
+  dec = trainer.decoder.eval_nll(x, out, state.params["decoder"], state.decoder_state)
+  if dec.log_sigma is None:
+    return None
+  per_example = train._mean_log_sigma(dec.log_sigma, x)
+  return jnp.sum(per_example * mask.astype(per_example.dtype))
+
+
+# Decoders whose evaluation sigma does not depend on the data.
+_DATA_INDEPENDENT_SIGMA = (decoders.UnitGaussian, decoders.SharedSigma, decoders.OptimalSigma)
+
+
+def mean_log_sigma(trainer, state, images: Optional[np.ndarray] = None,
+                   batch_size: int = 128) -> Optional[float]:
+  """Mean over images and data dimensions of the decoder's evaluation log sigma.
+
+  None for decoders without a scale (Bernoulli, categorical, ...). Decoders whose
+  sigma depends on the data (per image, per pixel, Student-t) need `images`; for the
+  others (unit Gaussian, beta, shared, optimal with any sigma_axes) it may be None.
+  For the Student-t and discretized logistic this is the log *scale*. Data-dependent
+  sigmas are those of the decoder at the posterior mean z = E[q(z|x)] (deterministic;
+  `evaluate_elbo`'s log_sigma uses a sampled z instead, so the two differ slightly).
+  """
+  if images is None:
+    if not isinstance(trainer.decoder, _DATA_INDEPENDENT_SIGMA):
+      raise ValueError(f"decoder {trainer.decoder.name!r} predicts sigma from the data: "
+                       f"pass images to get its mean log sigma")
+    images = np.zeros((1,) + trainer.image_shape, np.uint8)
+  total, count = 0.0, 0
+  for batch, mask, n in _batches(trainer, images, batch_size):
+    s = _log_sigma_sums(trainer, state, batch,
+                        trainer._global(mask, trainer.batch_sharding))
+    if s is None:
+      return None
+    total += float(s)
+    count += n
+  return total / count
+
+
+def effective_beta(trainer, state, images: Optional[np.ndarray] = None,
+                   batch_size: int = 128) -> Optional[dict[str, float]]:
+  """The beta-VAE equivalent of a Gaussian decoder's (mean) sigma.
+
+  Returns {"log_sigma", "sigma", "effective_beta" (= sigma^2, our Eq. 7 convention),
+  "effective_beta_paper" (= 2 sigma^2, the paper's Table 1 convention)}, or None
+  for decoders without a scale. The `beta` decoder gives its own beta (sigma^2 = beta);
+  per-image / per-pixel decoders give exp(2 * mean log sigma) over `images`.
+  """
+  log_sigma = mean_log_sigma(trainer, state, images, batch_size)
+  if log_sigma is None:
+    return None
+  return effective_beta_from_log_sigma(log_sigma)
+
+
+def effective_beta_from_log_sigma(log_sigma: float) -> dict[str, float]:
+  """From a (mean) log sigma, e.g. the eval `log_sigma` of metrics.jsonl."""
+  beta = float(losses.effective_beta(jnp.asarray(log_sigma, jnp.float32)))
+  return {"log_sigma": float(log_sigma), "sigma": math.exp(log_sigma),
+          "effective_beta": beta, "effective_beta_paper": 2.0 * beta}
+
+
+# ----------------------------------------------------------------------------------
+# Samples and FID.
+# ----------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("trainer",))
+def _decode_mean(trainer, state, z):
+  out = trainer.model.apply(_vae(trainer, state), z, method=models.VAE.decode)
+  return trainer.decoder.mean(out, state.params["decoder"], state.decoder_state)
+
+
+def prior_samples(trainer, state, num_samples: int, rng: jax.Array,
+                  batch_size: int = 128) -> np.ndarray:
+  """Decoder means of z ~ N(0, I): float32 [num_samples, H, W, C] in [0, 1]."""
+  batch_size = _batch_size_for(trainer, batch_size)
+  latent_dim = trainer.config.model.latent_dim
+  z = np.asarray(jax.random.normal(rng, (num_samples, latent_dim), jnp.float32))
+  images = []
+  for start in range(0, num_samples, batch_size):
+    chunk = z[start:start + batch_size]
+    n = len(chunk)
+    if n < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n, latent_dim), np.float32)])
+    out = _decode_mean(trainer, state, trainer._global(chunk, trainer.batch_sharding))
+    images.append(np.asarray(jax.device_get(out))[:n])
+  return np.concatenate(images)
+
+
+@functools.lru_cache(maxsize=4)
+def fid_feature_fn(fid_kind: str, weights_path: Optional[str] = None):
+  """The (cached) FID feature network: 'random' or 'inception' (FileNotFoundError
+  with instructions when the Inception weights are missing; call it before a long
+  sweep to fail fast)."""
+  if fid_kind == "inception":
+    return metrics.make_feature_fn("inception", weights_path=weights_path)
+  return metrics.make_feature_fn(fid_kind)
+
+
+def fid_score(trainer, state, test_images: np.ndarray, num_samples: int, fid_kind: str,
+              rng: jax.Array, weights_path: Optional[str] = None,
+              batch_size: int = 128) -> float:
+  """FID between num_samples prior samples (decoder means) and the first
+  num_samples test images (all of them if fewer).
+
+  fid_kind: 'random' (weight-free random conv features; compare models only within
+  one sweep) or 'inception' (pytorch-fid InceptionV3; raises FileNotFoundError with
+  instructions when the converted weights are missing).
+  """
+  feature_fn = fid_feature_fn(fid_kind, weights_path)
+  samples = prior_samples(trainer, state, num_samples, rng, batch_size)
+  reference = np.asarray(test_images[:num_samples], np.float32) / 255.0
+  return metrics.fid(samples, reference, feature_fn)
