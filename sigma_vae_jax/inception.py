@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sigma_vae_jax import metrics
+
 WEIGHTS_ENV_VAR = "SIGMA_VAE_INCEPTION_WEIGHTS"
 DEFAULT_WEIGHTS_PATH = os.path.join("~", ".cache", "sigma_vae_jax", "pt_inception.npz")
 CONVERT_SCRIPT = "scripts/convert_inception_weights.py"
@@ -190,13 +192,7 @@ def preprocess(images) -> jax.Array:
   centres and no antialiasing, i.e. torch `F.interpolate(x, (299, 299),
   mode='bilinear', align_corners=False)` as used by pytorch-fid.
   """
-  x = jnp.asarray(images, dtype=jnp.float32)
-  if x.ndim == 3:
-    x = x[..., None]
-  if x.ndim != 4 or x.shape[-1] not in (1, 3):
-    raise ValueError(f"images must be [N,H,W], [N,H,W,1] or [N,H,W,3], got {x.shape}")
-  if x.shape[-1] == 1:
-    x = jnp.tile(x, (1, 1, 1, 3))
+  x = metrics.to_rgb(images)
   if x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
     x = jax.image.resize(x, (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3), method="bilinear", antialias=False)
   return 2.0 * x - 1.0

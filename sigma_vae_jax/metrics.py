@@ -225,7 +225,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 # ----------------------------------------------------------------------------
 
 
-def _to_nhwc3(images: Array) -> Array:
+def to_rgb(images: Array) -> Array:
   """[N,H,W] or [N,H,W,C] with C in {1,3} -> float32 [N,H,W,3]."""
   x = jnp.asarray(images, dtype=jnp.float32)
   if x.ndim == 3:
@@ -281,7 +281,7 @@ def random_feature_fn(
 @functools.partial(jax.jit, static_argnames=("resolution",))
 def _random_network(weights, projection, images, *, resolution):
   """The network of `random_feature_fn`; weights are arguments so seeds share one compile."""
-  x = _to_nhwc3(images)
+  x = to_rgb(images)
   if x.shape[1:3] != (resolution, resolution):
     x = jax.image.resize(x, (x.shape[0], resolution, resolution, 3), method="bilinear", antialias=True)
   x = 2.0 * x - 1.0
