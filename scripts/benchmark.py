@@ -130,7 +130,6 @@ def _timed_calls(fn, n):
 
 def run(config, image_shape):
   import jax
-  import jax.numpy as jnp
   from jax.sharding import Mesh
   import numpy as np
   from sigma_vae_jax import models

@@ -21,10 +21,8 @@ import math
 import os
 import signal
 import sys
-import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
-from absl import logging
 from flax import struct
 import jax
 import jax.numpy as jnp
