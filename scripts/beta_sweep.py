@@ -46,12 +46,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
     columns.append("iwae_nll")
   if fid_kind != "none":
     columns.append("fid")
-  sweeps.write_csv(os.path.join(output_dir, "beta_sweep.csv"), rows,
-                   ["variant", "seed"] + columns + ["workdir"])
-  table = sweeps.aggregate(rows)
-  png = os.path.join(output_dir, "beta_sweep.png")
-  _plot(table, png, fid_kind)
-  notes = [sweeps.DATA_NOTE, sweeps.BETA_NOTE,
+  notes = [sweeps.data_note(config), sweeps.BETA_NOTE,
            "nelbo: test negative ELBO (nats per image; its -log p bound) with the "
            "decoder's sigma (beta-VAE: sigma^2 = beta; optimal sigma: running average); "
            "nelbo_discrete: the same model as a discretized Gaussian over the 256 "
@@ -61,33 +56,23 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
            sweeps.FID_NOTE[fid_kind]]
   if iwae_samples > 0:
     notes.append(f"iwae_nll: importance-weighted bound on -log p with K={iwae_samples}.")
-  sweeps.write_markdown(os.path.join(output_dir, "beta_sweep.md"),
-                        "Table 1: beta-VAE vs sigma-VAE", table, columns, notes,
-                        images=[png])
+  sweeps.write_outputs(
+      output_dir, "beta_sweep", "Table 1: beta-VAE vs sigma-VAE", rows,
+      ["variant", "seed"] + columns + ["workdir"], columns, notes,
+      lambda table, png: _plot(table, png, fid_kind, config.dataset.name))
   return rows
 
 
-def _plot(table, path, fid_kind):
+def _plot(table, path, fid_kind, dataset_name):
   panels = ["nelbo"] + (["fid"] if fid_kind != "none" else [])
   fig, axes = sweeps.new_figure(len(panels))
-  beta_rows = sorted((r for r in table if r["beta"] is not None), key=lambda r: r["beta"])
-  sigma_rows = [r for r in table if r["beta"] is None]
   for ax, key in zip(axes, panels):
-    ax.plot([sweeps.value(r["beta"]) for r in beta_rows], [sweeps.value(r[key]) for r in beta_rows],
-            "o-", label="beta-VAE")
-    for r in sigma_rows:
-      x = sweeps.value(r.get("effective_beta"))
-      y = sweeps.value(r[key])
-      if x is not None:
-        ax.plot([x], [y], "*", markersize=14, label=f"{r['model']} at its effective beta")
-      ax.axhline(y, linestyle="--", linewidth=0.8, color="gray")
-    ax.set_xscale("log")
-    ax.set_xlabel("beta (ours: sigma^2 = beta)")
-    ax.set_ylabel({"nelbo": "-ELBO (nats / image)", "fid": f"FID ({fid_kind})"}[key])
+    sweeps.plot_against_beta(
+        ax, table, key, {"nelbo": "-ELBO (nats / image)", "fid": f"FID ({fid_kind})"}[key],
+        sigma_levels=True)
     if key == "nelbo":
       ax.set_yscale("symlog")
-    ax.legend(fontsize=7)
-  fig.suptitle("beta-VAE vs sigma-VAE (synthetic_shapes)", fontsize=9)
+  fig.suptitle(f"beta-VAE vs sigma-VAE ({dataset_name})", fontsize=9)
   sweeps.save_figure(fig, path)
 
 

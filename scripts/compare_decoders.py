@@ -56,12 +56,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
     columns.append("iwae_nll")
   if fid_kind != "none":
     columns.append("fid")
-  sweeps.write_csv(os.path.join(output_dir, "compare_decoders.csv"), rows,
-                   ["variant", "seed", "discrete_likelihood"] + columns + ["workdir"])
-  table = sweeps.aggregate(rows)
-  png = os.path.join(output_dir, "compare_decoders.png")
-  _plot(table, png, fid_kind)
-  notes = [sweeps.DATA_NOTE,
+  notes = [sweeps.data_note(config),
            "nelbo / bpd: test negative ELBO of each decoder's own likelihood (nats per "
            "image / bits per dim). Continuous densities on [0,1] (Gaussian, Student-t) "
            "and discrete probabilities are not comparable; compare bpd_discrete: the "
@@ -72,27 +67,27 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
            "beta decoder: evaluated as the Gaussian with sigma^2 = beta. " + sweeps.BETA_NOTE,
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)}.",
            sweeps.FID_NOTE[fid_kind]]
-  sweeps.write_markdown(os.path.join(output_dir, "compare_decoders.md"),
-                        "Tables 2-4: decoders compared", table, columns, notes,
-                        images=[png])
+  sweeps.write_outputs(
+      output_dir, "compare_decoders", "Tables 2-4: decoders compared", rows,
+      ["variant", "seed", "discrete_likelihood"] + columns + ["workdir"], columns, notes,
+      lambda table, png: _plot(table, png, fid_kind, config.dataset.name))
   return rows
 
 
-def _plot(table, path, fid_kind):
+def _plot(table, path, fid_kind, dataset_name):
   panels = ["bpd_discrete"] + (["fid"] if fid_kind != "none" else [])
   fig, axes = sweeps.new_figure(len(panels), width=6)
   names = [r["decoder"] for r in table]
   for ax, key in zip(axes, panels):
     values = [sweeps.value(r.get(key)) for r in table]
     heights = [v if v is not None else 0.0 for v in values]
-    bars = ax.bar(range(len(names)), heights,
-                  color=["C0" if v is not None else "lightgray" for v in values])
+    ax.bar(range(len(names)), heights,
+           color=["C0" if v is not None else "lightgray" for v in values])
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel({"bpd_discrete": "bits/dim on 8-bit data (lower is better)",
                    "fid": f"FID ({fid_kind})"}[key], fontsize=8)
-    del bars
-  fig.suptitle("Decoders on synthetic_shapes", fontsize=9)
+  fig.suptitle(f"Decoders on {dataset_name}", fontsize=9)
   sweeps.save_figure(fig, path)
 
 

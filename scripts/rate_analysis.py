@@ -40,41 +40,26 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
              "marginal_kl", "average_kl", "log_n", "nelbo"]
   if fid_kind != "none":
     columns.append("fid")
-  sweeps.write_csv(os.path.join(output_dir, "rate_analysis.csv"), rows,
-                   ["variant", "seed"] + columns + ["workdir"])
-  table = sweeps.aggregate(rows)
-  png = os.path.join(output_dir, "rate_analysis.png")
-  _plot(table, png)
-  notes = [sweeps.DATA_NOTE, sweeps.BETA_NOTE,
+  notes = [sweeps.data_note(config), sweeps.BETA_NOTE,
            "mutual_information I_e(x;z) and marginal_kl KL(m(z)||p(z)) in nats, Monte "
            "Carlo over the test images (one z per image); average_kl is the closed-form "
            "E_x KL(q(z|x)||p(z)) = their sum up to Monte Carlo error (Eq. 9). The MI "
            "estimate is at most log_n = log(number of test images).",
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)}.",
            sweeps.FID_NOTE[fid_kind]]
-  sweeps.write_markdown(os.path.join(output_dir, "rate_analysis.md"),
-                        "Figure 3: rate decomposition, beta-VAE vs sigma-VAE", table,
-                        columns, notes, images=[png])
+  sweeps.write_outputs(
+      output_dir, "rate_analysis", "Figure 3: rate decomposition, beta-VAE vs sigma-VAE",
+      rows, ["variant", "seed"] + columns + ["workdir"], columns, notes,
+      lambda table, png: _plot(table, png, config.dataset.name))
   return rows
 
 
-def _plot(table, path):
+def _plot(table, path, dataset_name):
   fig, axes = sweeps.new_figure(2)
-  beta_rows = sorted((r for r in table if r["beta"] is not None), key=lambda r: r["beta"])
-  sigma_rows = [r for r in table if r["beta"] is None]
   for ax, key, label in zip(axes, ("mutual_information", "marginal_kl"),
                             ("I_e(x; z) (nats)", "KL(m(z) || p(z)) (nats)")):
-    ax.plot([sweeps.value(r["beta"]) for r in beta_rows], [sweeps.value(r[key]) for r in beta_rows],
-            "o-", label="beta-VAE")
-    for r in sigma_rows:
-      x = sweeps.value(r.get("effective_beta"))
-      if x is not None:
-        ax.plot([x], [sweeps.value(r[key])], "*", markersize=14, label=r["model"])
-    ax.set_xscale("log")
-    ax.set_xlabel("beta (ours: sigma^2 = beta)")
-    ax.set_ylabel(label)
-    ax.legend(fontsize=7)
-  fig.suptitle("Rate decomposition (synthetic_shapes)", fontsize=9)
+    sweeps.plot_against_beta(ax, table, key, label)
+  fig.suptitle(f"Rate decomposition ({dataset_name})", fontsize=9)
   sweeps.save_figure(fig, path)
 
 

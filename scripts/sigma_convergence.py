@@ -77,10 +77,10 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
   summary = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
   table = sweeps.aggregate(summary)
   png = os.path.join(output_dir, "sigma_convergence.png")
-  _plot(rows, png)
+  _plot(rows, png, config.dataset.name)
   columns = ["model", "sigma_first", "sigma_10pct", "sigma_50pct", "sigma_final",
              "eval_sigma", "eval_nelbo"]
-  notes = [sweeps.DATA_NOTE,
+  notes = [sweeps.data_note(config),
            "sigma of the training batches at the first log, after 10% and 50% of "
            "training and at the end (train logs: the learned parameter for shared "
            "sigma, the batch's closed-form sigma* for optimal sigma, sqrt(beta) for "
@@ -95,7 +95,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
   return rows
 
 
-def _plot(rows, path):
+def _plot(rows, path, dataset_name):
   fig, axes = sweeps.new_figure(1, width=6)
   ax = axes[0]
   for i, r in enumerate(rows):
@@ -109,7 +109,7 @@ def _plot(rows, path):
   ax.set_xlabel("training step")
   ax.set_ylabel("sigma")
   ax.legend(fontsize=7)
-  ax.set_title("sigma during training (synthetic_shapes)", fontsize=9)
+  ax.set_title(f"sigma during training ({dataset_name})", fontsize=9)
   sweeps.save_figure(fig, path)
 
 

@@ -82,12 +82,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
              "nelbo_discrete", "log_sigma"]
   if fid_kind != "none":
     columns.append("fid")
-  sweeps.write_csv(os.path.join(output_dir, "sigma_sharing.csv"), rows,
-                   ["seed"] + columns + ["workdir"])
-  table = sweeps.aggregate(rows)
-  png = os.path.join(output_dir, "sigma_sharing.png")
-  _plot(table, png)
-  notes = [sweeps.DATA_NOTE,
+  notes = [sweeps.data_note(config),
            "num_variance_parameters: variance parameters per image (sigma_axes: the "
            "axes of [batch, H, W, C] the closed-form sigma*^2 averages over). per_image "
            "computes one sigma per image from that image; per_pixel predicts H*W*C "
@@ -96,13 +91,14 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
            "Carlo over the test images, Sec. 5.2); log_sigma: mean log sigma.",
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)}.",
            sweeps.FID_NOTE[fid_kind]]
-  sweeps.write_markdown(os.path.join(output_dir, "sigma_sharing.md"),
-                        "Figure 4: sharing the variance over fewer or more axes", table,
-                        columns, notes, images=[png])
+  sweeps.write_outputs(
+      output_dir, "sigma_sharing", "Figure 4: sharing the variance over fewer or more axes",
+      rows, ["seed"] + columns + ["workdir"], columns, notes,
+      lambda table, png: _plot(table, png, config.dataset.name))
   return rows
 
 
-def _plot(table, path):
+def _plot(table, path, dataset_name):
   fig, axes = sweeps.new_figure(2)
   for ax, key, label in zip(axes, ("marginal_kl", "mutual_information"),
                             ("KL(m(z) || p(z)) (nats)", "I_e(x; z) (nats)")):
@@ -114,7 +110,7 @@ def _plot(table, path):
     ax.set_xlabel("variance parameters per image")
     ax.set_ylabel(label)
     ax.legend(fontsize=7)
-  fig.suptitle("Sharing sigma (synthetic_shapes)", fontsize=9)
+  fig.suptitle(f"Sharing sigma ({dataset_name})", fontsize=9)
   sweeps.save_figure(fig, path)
 
 

@@ -41,6 +41,14 @@ _UNHASHED_FIELDS = (("dataset", "data_dir"), ("dataset", "manual_dir"))
 DATA_NOTE = ("Built-in `synthetic_shapes` data (32x32x3 procedurally generated shapes), "
              "NOT the paper's datasets; small models and short runs: compare the rows "
              "with each other, not with the paper's numbers.")
+
+
+def data_note(config) -> str:
+  """What the table was computed on: DATA_NOTE for the built-in data, else the name."""
+  if config.dataset.name == "synthetic_shapes":
+    return DATA_NOTE
+  return (f"Dataset `{config.dataset.name}`, {config.num_train_steps} training steps per "
+          f"run: compare with the paper's numbers only at the paper's settings.")
 BETA_NOTE = ("beta convention: Eq. 7 as printed, sigma^2 = beta (`beta`, "
              "`effective_beta`); the paper's Table 1 uses sigma^2 = beta/2, i.e. "
              "`beta_paper` = 2 beta.")
@@ -364,6 +372,40 @@ def save_figure(fig, path: str) -> None:
 def value(v):
   """The mean of an aggregated (mean, std) cell, or the value itself."""
   return v[0] if isinstance(v, tuple) and len(v) == 2 else v
+
+
+def write_outputs(output_dir: str, name: str, title: str, rows: Sequence[dict],
+                  csv_columns: Sequence[str], table_columns: Sequence[str],
+                  notes: Iterable[str], plot: Callable[[list[dict], str], None]
+                  ) -> list[dict]:
+  """OUTPUT_DIR/NAME.{csv,png,md}: the per-run rows, a plot of the per-variant table
+  (mean ± std over seeds) and that table with notes. Returns the table."""
+  write_csv(os.path.join(output_dir, f"{name}.csv"), rows, csv_columns)
+  table = aggregate(rows)
+  png = os.path.join(output_dir, f"{name}.png")
+  plot(table, png)
+  write_markdown(os.path.join(output_dir, f"{name}.md"), title, table, table_columns,
+                 notes, images=[png])
+  return table
+
+
+def plot_against_beta(ax, table: Sequence[dict], key: str, ylabel: str, *,
+                      sigma_levels: bool = False) -> None:
+  """One panel of `key` over the beta-VAE grid (log x), with each sigma-VAE row as a
+  star at its effective beta; sigma_levels adds its value as a horizontal line."""
+  beta_rows = sorted((r for r in table if r["beta"] is not None), key=lambda r: r["beta"])
+  ax.plot([value(r["beta"]) for r in beta_rows], [value(r[key]) for r in beta_rows],
+          "o-", label="beta-VAE")
+  for r in (r for r in table if r["beta"] is None):
+    x, y = value(r.get("effective_beta")), value(r[key])
+    if x is not None:
+      ax.plot([x], [y], "*", markersize=14, label=f"{r['model']} at its effective beta")
+    if sigma_levels:
+      ax.axhline(y, linestyle="--", linewidth=0.8, color="gray")
+  ax.set_xscale("log")
+  ax.set_xlabel("beta (ours: sigma^2 = beta)")
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=7)
 
 
 # ----------------------------------------------------------------------------------
