@@ -120,17 +120,6 @@ def check_images(images: np.ndarray, *, expected_shape=None) -> None:
       raise ValueError(f"Expected {form}; got shape {tuple(images.shape)}.")
 
 
-def validate_image_shape(image_shape: Sequence[int]) -> None:
-  """Raises ValueError unless H and W are divisible by 4 (the conv VAE downsamples by 4)."""
-  h, w = int(image_shape[0]), int(image_shape[1])
-  if h <= 0 or w <= 0 or h % 4 or w % 4:
-    sug = (max(4, round(h / 4) * 4), max(4, round(w / 4) * 4))
-    raise ValueError(
-        f"Images of {h}x{w} pixels cannot go through the conv VAE: it downsamples by 4, "
-        f"so height and width must be divisible by 4. Set `dataset.image_size` to "
-        f"e.g. {sug} (images are resized on the host).")
-
-
 def extract_clips(videos: np.ndarray, clip_length: int, *,
                   stride: int | None = None) -> np.ndarray:
   """Consecutive-frame clips: [N, T, H, W, C] (or [T, H, W, C]) -> [N*K, L, H, W, C].

@@ -195,8 +195,10 @@ def validate_image_shape(image_shape: Sequence[int]) -> None:
     raise ValueError(f"image shape must be (H, W, C); got {tuple(image_shape)}")
   h, w, c = image_shape
   if h % 4 or w % 4 or h < 4 or w < 4:
+    suggestion = (max(4, round(h / 4) * 4), max(4, round(w / 4) * 4))
     raise ValueError(
         f"dataset.image_size: the conv VAE downsamples twice by 2, so height and "
-        f"width must be positive multiples of 4; got {h}x{w}")
+        f"width must be positive multiples of 4; got {h}x{w}. Set dataset.image_size "
+        f"to e.g. {suggestion} (images are resized on the host).")
   if c < 1:
     raise ValueError(f"images need at least one channel; got {c}")

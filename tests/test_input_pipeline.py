@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from sigma_vae_jax import input_pipeline as ip
+from sigma_vae_jax import models
 from sigma_vae_jax.datasets import synthetic_shapes
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -66,7 +67,7 @@ def test_config_data_source_under_mock_data(filename, args, name, shape, num_moc
     source = ip.get_data_source(config.dataset)
     assert source.name == name
     assert source.image_shape == shape
-    ip.validate_image_shape(source.image_shape)
+    models.validate_image_shape(source.image_shape)
     test = source.load_split("test")
     assert test.dtype == np.uint8 and test.shape == (source.num_examples["test"],) + shape
     batches = _take(source.batch_iterator(
@@ -311,14 +312,6 @@ def test_missing_path(name, tmp_path):
 def test_empty_folder(tmp_path):
   with pytest.raises(ValueError, match="no image files"):
     ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path)))
-
-
-def test_validate_image_shape():
-  ip.validate_image_shape((28, 20, 1))
-  ip.validate_image_shape((64, 64))
-  for bad in [(30, 32, 3), (32, 18, 3)]:
-    with pytest.raises(ValueError, match="dataset.image_size"):
-      ip.validate_image_shape(bad)
 
 
 def test_bad_sizes_and_fractions(tmp_path):

@@ -3,7 +3,6 @@ upsampling layer computing exactly the plain transposed convolution."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -109,9 +108,14 @@ def test_fast_and_plain_models_are_the_same_function_with_same_gradients():
     np.testing.assert_allclose(gf, gp, rtol=1e-4, atol=1e-4 * float(jnp.abs(gp).max()))
 
 
-@pytest.mark.parametrize("shape", [(30, 32, 3), (32, 6, 1), (2, 2, 1)])
+@pytest.mark.parametrize("shape", [(30, 32, 3), (32, 6, 1), (2, 2, 1), (32, 18, 3)])
 def test_image_shapes_the_model_cannot_take_are_refused(shape):
   with pytest.raises(ValueError, match="dataset.image_size"):
+    models.validate_image_shape(shape)
+
+
+def test_image_shapes_the_model_takes_are_accepted():
+  for shape in [(28, 20, 1), (64, 64, 3), (28, 28, 3)]:
     models.validate_image_shape(shape)
 
 
