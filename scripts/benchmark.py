@@ -20,7 +20,9 @@ lhs-dilated convolution, so it is larger for model.fast_upsample=False).
 `--measure_matmul_peak` times a square fp32 `jnp.dot` and reports the step's
 achieved GFLOP/s (analytic count) as a fraction of it.
 
-bfloat16 is not supported (the model has no dtype option).
+`--config.model.dtype=bfloat16` benchmarks bfloat16 compute (for GPU/TPU; XLA:CPU
+emulates it slowly). `--config.model.fast_encoder=False` (etc.) benchmarks the
+plain layers.
 """
 
 from __future__ import annotations
@@ -226,8 +228,9 @@ def run(config, image_shape):
   # The algorithms the model actually runs (whatever the config could express).
   result["model_algorithms"] = {
       name: getattr(trainer.model, name)
-      for name in ("fast_upsample", "fast_output")
+      for name in ("fast_encoder", "fast_upsample", "fast_output")
       if hasattr(trainer.model, name)}
+  result["compute_dtype"] = config.model.dtype
   result["devices"] = len(devices)
   result["device_kind"] = devices[0].device_kind
   result["backend"] = jax.default_backend()

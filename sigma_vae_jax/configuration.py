@@ -12,6 +12,11 @@ from sigma_vae_jax import decoders
 # Fields that define the model and its checkpoint layout: a workdir written with
 # other values for any of these cannot be resumed (see `checkpointing`).
 STRUCTURAL_FIELDS = ("model", "decoder", "dataset.name", "dataset.image_size")
+# ...except these, which change how the networks are computed, not their
+# parameters: a run may resume with other values (e.g. bfloat16 on a new machine).
+COMPUTE_FIELDS = ("model.fast_encoder", "model.fast_upsample", "model.fast_output",
+                  "model.dtype")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -66,6 +71,8 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
            f"must be a positive integer; got {config.model.latent_dim}")
   _require(config.model.base_channels >= 1, "model.base_channels",
            f"must be a positive integer; got {config.model.base_channels}")
+  _require(config.model.dtype in COMPUTE_DTYPES, "model.dtype",
+           f"must be one of {COMPUTE_DTYPES}; got {config.model.dtype!r}")
 
   for field in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
                 "checkpoint_every_steps", "max_checkpoints_to_keep", "steps_per_call",
@@ -111,4 +118,4 @@ def structural_differences(saved: dict, current: dict) -> list[str]:
   names = sorted(set(a) | set(b))
   return [n for n in names
           if any(n == f or n.startswith(f + ".") for f in STRUCTURAL_FIELDS)
-          and a.get(n) != b.get(n)]
+          and n not in COMPUTE_FIELDS and a.get(n) != b.get(n)]

@@ -32,6 +32,7 @@ import numpy as np
 
 from sigma_vae_jax import checkpointing
 from sigma_vae_jax import decoders
+from sigma_vae_jax import default_config
 from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import losses
 from sigma_vae_jax import metrics
@@ -48,14 +49,26 @@ _TUPLE_FIELDS = (("decoder", "sigma_axes"), ("dataset", "image_size"))
 
 
 def config_from_json(path: str) -> ml_collections.ConfigDict:
-  """WORKDIR/config.json -> ConfigDict (JSON lists back to tuples where needed)."""
+  """WORKDIR/config.json -> ConfigDict (JSON lists back to tuples where needed).
+
+  Fields added to the defaults since the run was written take their defaults.
+  """
   with open(path) as f:
-    d = json.load(f)
+    d = _with_defaults(json.load(f), default_config.get_config().to_dict())
   for section, key in _TUPLE_FIELDS:
     value = d.get(section, {}).get(key)
     if isinstance(value, list):
       d[section][key] = tuple(value)
   return ml_collections.ConfigDict(d)
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  merged = dict(defaults)
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+      value = _with_defaults(value, defaults[key])
+    merged[key] = value
+  return merged
 
 
 def load_run(workdir: str, *, image_shape=None

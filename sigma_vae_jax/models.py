@@ -5,11 +5,18 @@ The networks know nothing about likelihoods: the decoder network outputs
 
 Shapes: images are float32 [B, H, W, C] in [0, 1]; H and W must be divisible by 4
 (two stride-2 stages). Latents are [B, latent_dim].
+
+Speed: the `fast_*` options compute some layers in an equivalent form that XLA
+(its CPU backend especially) runs several times faster, with the same parameters,
+outputs and gradients as the plain layers (tests/test_models.py checks each). The
+`dtype` option computes the networks in bfloat16 for accelerators; parameters,
+the posterior and the decoder outputs stay float32.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -19,6 +26,20 @@ import jax.numpy as jnp
 # convolution that is a padding of k - 1 - p = 3 on each side.
 _UPSAMPLE_KERNEL = 6
 _UPSAMPLE_PADDING = ((3, 3), (3, 3))
+
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def padded_channels(c: int) -> int:
+  """Channels a fast convolution computes with: odd counts > 1 rounded up to x4.
+
+  XLA:CPU runs convolutions from or to an odd number (> 1) of channels, e.g. the
+  3 of RGB, several times slower than from or to the next multiple of 4. The
+  extra channels are zero (inputs) or zero kernel columns (outputs), so the
+  function and its gradients are unchanged.
+  """
+  return c + (-c) % 4 if c > 1 and c % 2 else c
 
 
 def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
@@ -41,7 +62,7 @@ def upsample_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   return jax.lax.conv_general_dilated(
       x, kernel, window_strides=(1, 1), padding=_UPSAMPLE_PADDING,
-      lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      lhs_dilation=(2, 2), dimension_numbers=_DIMENSION_NUMBERS)
 
 
 def upsample_depth_to_space(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -61,7 +82,7 @@ def upsample_depth_to_space(x: jax.Array, kernel: jax.Array) -> jax.Array:
   stacked = jnp.stack(phases, axis=3).reshape(3, 3, c_in, 4 * c_out)
   y = jax.lax.conv_general_dilated(
       x, stacked, window_strides=(1, 1), padding=((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      dimension_numbers=_DIMENSION_NUMBERS)
   return depth_to_space(y, 2)
 
 
@@ -80,21 +101,11 @@ class Upsample2x(nn.Module):
     return fn(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
 
 
-def padded_output_channels(c_out: int) -> int:
-  """Output channels the fast final convolution computes (zero kernel columns added).
-
-  XLA:CPU runs the gradients of a 5x5 convolution to an odd number (> 1) of
-  channels, e.g. the 3 of an RGB Gaussian decoder, several times slower than to
-  the next multiple of 4; the extra outputs are exact zeros and are sliced off.
-  """
-  return c_out + (-c_out) % 4 if c_out > 1 and c_out % 2 else c_out
-
-
 class OutputConv(nn.Module):
   """The decoder's last 'SAME' convolution; the same parameters as nn.Conv.
 
-  fast: compute it with the kernel zero-padded to `padded_output_channels`
-  output channels and slice them off (the same function and gradients).
+  fast: compute it with the kernel zero-padded to `padded_channels` output
+  channels and slice them off (the same function and gradients).
   """
   features: int
   kernel_size: int = 5
@@ -106,76 +117,201 @@ class OutputConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (k, k, x.shape[-1], self.features)).astype(x.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    padded = padded_output_channels(self.features) if self.fast else self.features
+    padded = padded_channels(self.features) if self.fast else self.features
     if padded > self.features:
       kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, padded - self.features)))
     p = (k - 1) // 2
     y = jax.lax.conv_general_dilated(
         x, kernel, window_strides=(1, 1), padding=((p, k - 1 - p), (p, k - 1 - p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dimension_numbers=_DIMENSION_NUMBERS)
     return y[..., :self.features] + bias.astype(x.dtype)
+
+
+def strided_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """Stride-2 convolution, zero padding `padding` on every side (PyTorch Conv2d).
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [K, K, C_in, C_out] (HWIO).
+  Returns:
+    [B, (H + 2p - K) // 2 + 1, (W + 2p - K) // 2 + 1, C_out].
+  """
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(2, 2), padding=((padding, padding), (padding, padding)),
+      dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def strided_conv_input_grad(cotangent: jax.Array, kernel: jax.Array,
+                            input_hw: tuple[int, int], padding: int) -> jax.Array:
+  """The input gradient of `strided_conv`, computed without lhs dilation.
+
+  XLA computes it as an lhs-dilated convolution, which its CPU backend runs 3-6x
+  slower than a plain one. Along each axis, input pixel i = 2q + r - p only meets
+  the taps k = 2d + r of the kernel, applied to output q - d; so each of the four
+  input phases (r_h, r_w) is a stride-1 convolution of the cotangent with the
+  flipped sub-kernel kernel[r::2] (in/out swapped). One convolution to 4*C_in
+  channels computes all four, depth-to-space interleaves them, and the padding
+  is cropped off.
+
+  Args:
+    cotangent: [B, H_out, W_out, C_out].
+    kernel: [K, K, C_in, C_out].
+    input_hw: (H, W) of the input.
+    padding: the forward convolution's padding.
+  Returns:
+    [B, H, W, C_in].
+  """
+  k = kernel.shape[0]
+  k_even = k + k % 2
+  taps = k_even // 2
+  kernel = jnp.pad(kernel, ((0, k_even - k), (0, k_even - k), (0, 0), (0, 0)))
+  c_in, c_out = kernel.shape[2], kernel.shape[3]
+  phases = [kernel[r_h::2, r_w::2][::-1, ::-1].transpose(0, 1, 3, 2)
+            for r_h in (0, 1) for r_w in (0, 1)]
+  stacked = jnp.stack(phases, axis=3).reshape(taps, taps, c_out, 4 * c_in)
+  # Enough phase rows q that 2q + r covers every padded input row.
+  pads = [(taps - 1, max((n - 1 + padding) // 2 + 1 - o, 0))
+          for n, o in zip(input_hw, cotangent.shape[1:3])]
+  phased = jax.lax.conv_general_dilated(
+      cotangent, stacked, window_strides=(1, 1), padding=pads,
+      dimension_numbers=_DIMENSION_NUMBERS)
+  h, w = input_hw
+  return depth_to_space(phased, 2)[:, padding:padding + h, padding:padding + w]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def fast_strided_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """`strided_conv` with its input gradient from `strided_conv_input_grad`.
+
+  Reverse mode (grad, vmap of grad, grad of grad) works; forward mode (jax.jvp,
+  jax.jacfwd) does not, as for any custom_vjp: use the plain layers
+  (model.fast_encoder=False) for that.
+  """
+  return strided_conv(x, kernel, padding)
+
+
+def _fast_strided_conv_fwd(x, kernel, padding):
+  return strided_conv(x, kernel, padding), (x, kernel)
+
+
+def _fast_strided_conv_bwd(padding, residuals, cotangent):
+  x, kernel = residuals
+  _, kernel_vjp = jax.vjp(lambda k: strided_conv(x, k, padding), kernel)
+  (kernel_grad,) = kernel_vjp(cotangent)
+  input_grad = strided_conv_input_grad(cotangent, kernel, x.shape[1:3], padding)
+  return input_grad, kernel_grad
+
+
+fast_strided_conv.defvjp(_fast_strided_conv_fwd, _fast_strided_conv_bwd)
+
+
+class EncoderConv(nn.Module):
+  """nn.Conv(features, (k, k), strides, padding p) with the same parameters.
+
+  fast: stride-2 layers take their input gradient from
+  `strided_conv_input_grad`; inputs with an odd channel count are zero-padded
+  to `padded_channels`.
+  """
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int
+  fast: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, c_in = self.kernel_size, x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, c_in, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.fast and padded_channels(c_in) > c_in:
+      extra = padded_channels(c_in) - c_in
+      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, extra), (0, 0)))
+    p = self.padding
+    if self.stride == 2:
+      y = (fast_strided_conv if self.fast else strided_conv)(x, kernel, p)
+    elif self.stride == 1:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(1, 1), padding=((p, p), (p, p)),
+          dimension_numbers=_DIMENSION_NUMBERS)
+    else:
+      raise ValueError(f"stride must be 1 or 2; got {self.stride}")
+    return y + bias.astype(self.dtype)
 
 
 class Encoder(nn.Module):
   """conv 3x3 s1 (c), conv 4x4 s2 (2c), conv 5x5 s2 (4c), ReLU; dense heads.
 
-  Returns (mean, log_var), each [B, latent_dim].
+  Returns float32 (mean, log_var), each [B, latent_dim].
   """
   latent_dim: int
   base_channels: int = 32
+  fast: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     c = self.base_channels
-    # Paddings as in PyTorch (p=1, 1, 2), so sizes are H, H/2, H/4.
-    x = nn.relu(nn.Conv(c, (3, 3), strides=1, padding=((1, 1), (1, 1)))(x))
-    x = nn.relu(nn.Conv(2 * c, (4, 4), strides=2, padding=((1, 1), (1, 1)))(x))
-    x = nn.relu(nn.Conv(4 * c, (5, 5), strides=2, padding=((2, 2), (2, 2)))(x))
+    conv = functools.partial(EncoderConv, fast=self.fast, dtype=self.dtype)
+    # Paddings as in PyTorch (p=1, 1, 2), so sizes are H, H/2, H/4. The names are
+    # nn.Conv's, so parameters (and checkpoints) are those of plain nn.Conv layers.
+    x = nn.relu(conv(c, 3, stride=1, padding=1, name="Conv_0")(x))
+    x = nn.relu(conv(2 * c, 4, stride=2, padding=1, name="Conv_1")(x))
+    x = nn.relu(conv(4 * c, 5, stride=2, padding=2, name="Conv_2")(x))
     x = x.reshape(x.shape[0], -1)
-    mean = nn.Dense(self.latent_dim, name="mean")(x)
-    log_var = nn.Dense(self.latent_dim, name="log_var")(x)
-    return mean, log_var
+    mean = nn.Dense(self.latent_dim, dtype=self.dtype, name="mean")(x)
+    log_var = nn.Dense(self.latent_dim, dtype=self.dtype, name="log_var")(x)
+    return mean.astype(jnp.float32), log_var.astype(jnp.float32)
 
 
 class Decoder(nn.Module):
   """dense to 4c channels at 1/4 resolution, 2x (transposed conv 6x6 s2), conv 5x5.
 
-  Returns raw outputs [B, H, W, num_outputs]; a likelihood interprets them.
+  Returns float32 raw outputs [B, H, W, num_outputs]; a likelihood interprets them.
   """
   image_shape: Sequence[int]
   num_outputs: int
   base_channels: int = 32
   fast_upsample: bool = True
   fast_output: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     h, w, _ = self.image_shape
     c = self.base_channels
-    x = nn.relu(nn.Dense((h // 4) * (w // 4) * 4 * c)(z))
+    x = nn.relu(nn.Dense((h // 4) * (w // 4) * 4 * c, dtype=self.dtype)(z))
     x = x.reshape(z.shape[0], h // 4, w // 4, 4 * c)
     x = nn.relu(Upsample2x(2 * c, fast=self.fast_upsample)(x))
     x = nn.relu(Upsample2x(c, fast=self.fast_upsample)(x))
-    return OutputConv(self.num_outputs, 5, fast=self.fast_output, name="Conv_0")(x)
+    out = OutputConv(self.num_outputs, 5, fast=self.fast_output, name="Conv_0")(x)
+    return out.astype(jnp.float32)
 
 
 class VAE(nn.Module):
   """Gaussian-posterior VAE with a standard normal prior.
 
   `__call__(x, rng)` -> (decoder outputs [B, H, W, num_outputs], mean, log_var, z).
-  `encode(x)` -> (mean, log_var); `decode(z)` -> decoder outputs.
+  `encode(x)` -> (mean, log_var); `decode(z)` -> decoder outputs. All float32;
+  `dtype` (float32 or bfloat16) is the networks' compute type.
   """
   image_shape: Sequence[int]
   num_outputs: int
   latent_dim: int = 20
   base_channels: int = 32
+  fast_encoder: bool = True
   fast_upsample: bool = True
   fast_output: bool = True
+  dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder = Encoder(self.latent_dim, self.base_channels)
+    self.encoder = Encoder(self.latent_dim, self.base_channels, self.fast_encoder,
+                           self.dtype)
     self.decoder = Decoder(self.image_shape, self.num_outputs, self.base_channels,
-                           self.fast_upsample, self.fast_output)
+                           self.fast_upsample, self.fast_output, self.dtype)
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.encoder(x)

@@ -82,8 +82,10 @@ def create_model(config: ml_collections.ConfigDict, image_shape, decoder) -> mod
       num_outputs=decoder.num_outputs(image_shape[-1]),
       latent_dim=config.model.latent_dim,
       base_channels=config.model.base_channels,
+      fast_encoder=config.model.fast_encoder,
       fast_upsample=config.model.fast_upsample,
-      fast_output=config.model.fast_output)
+      fast_output=config.model.fast_output,
+      dtype=jnp.dtype(config.model.dtype))
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

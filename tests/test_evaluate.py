@@ -1,6 +1,7 @@
 """Model-level evaluation (sigma_vae_jax.evaluate) on cases with known answers, with a
 tiny model trained for a few steps on the built-in dataset (prepared once)."""
 
+import json
 import math
 import os
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cli_utils
 from configs import default as default_config
 from sigma_vae_jax import evaluate
 from sigma_vae_jax import input_pipeline
@@ -64,6 +66,17 @@ def test_load_run_round_trip(trained):
   np.testing.assert_allclose(result["nelbo"], rows[-1]["nelbo"], rtol=1e-4)
   np.testing.assert_allclose(result["log_sigma"], rows[-1]["log_sigma"], rtol=1e-5)
   assert result["num_examples"] == len(full)
+
+
+def test_a_run_saved_before_a_config_field_existed_loads_with_its_default(tmp_path):
+  config = cli_utils.tiny_config(None, **{"model.latent_dim": 3}).to_dict()
+  del config["model"]["dtype"], config["model"]["fast_encoder"]
+  path = os.path.join(str(tmp_path), "config.json")
+  with open(path, "w") as f:
+    json.dump(config, f)
+  loaded = evaluate.config_from_json(path)
+  assert loaded.model.latent_dim == 3
+  assert loaded.model.dtype == "float32" and loaded.model.fast_encoder is True
 
 
 def test_load_run_errors(tmp_path):

@@ -78,6 +78,7 @@ def _config(**overrides):
     ({"decoder.name": "beta"}, "decoder.beta"),
     ({"decoder.name": "beta", "decoder.beta": -1.0}, "decoder.beta"),
     ({"model.latent_dim": 0}, "model.latent_dim"),
+    ({"model.dtype": "float16"}, "model.dtype"),
     ({"dataset.image_size": (30, 32)}, "dataset.image_size"),
     ({"decoder.scale": "fixed"}, "decoder.scale"),
     ({"decoder.sigma_axes": (1, 2)}, "decoder.sigma_axes"),

@@ -1,5 +1,6 @@
-"""The conv VAE: output shapes for every decoder and image size, and the fast
-upsampling layer computing exactly the plain transposed convolution."""
+"""The conv VAE: output shapes for every decoder and image size; each fast layer
+computing exactly the plain layer (same parameters, outputs and gradients); the
+bfloat16 compute option."""
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +128,7 @@ def test_fast_output_conv_is_nn_conv_with_the_same_parameters_and_gradients(c_ou
   x = jax.random.normal(jax.random.PRNGKey(c_out), (2, 12, 8, 6))
   reference = models.nn.Conv(c_out, (5, 5), strides=1, padding=((2, 2), (2, 2)))
   params = reference.init(jax.random.PRNGKey(0), x)
-  assert models.padded_output_channels(c_out) % (4 if c_out % 2 and c_out > 1 else 1) == 0
+  assert models.padded_channels(c_out) % (4 if c_out % 2 and c_out > 1 else 1) == 0
   g = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 8, c_out))
   loss = lambda module: lambda p, x: jnp.sum(module.apply(p, x) * g)
   ref_grads = jax.grad(loss(reference), argnums=(0, 1))(params, x)
@@ -147,9 +148,10 @@ def test_fast_output_conv_is_nn_conv_with_the_same_parameters_and_gradients(c_ou
 def test_all_fast_paths_off_and_on_give_the_same_model():
   image_shape = (32, 32, 3)
   kwargs = dict(latent_dim=8, base_channels=4)
-  plain = models.VAE(image_shape, 3, fast_upsample=False, fast_output=False, **kwargs)
+  plain = models.VAE(image_shape, 3, fast_encoder=False, fast_upsample=False,
+                     fast_output=False, **kwargs)
   fast = models.VAE(image_shape, 3, **kwargs)
-  assert fast.fast_upsample and fast.fast_output
+  assert fast.fast_encoder and fast.fast_upsample and fast.fast_output
   rng = jax.random.PRNGKey(4)
   x = jax.random.uniform(rng, (2,) + image_shape)
   params = plain.init(rng, x, rng)
@@ -161,3 +163,112 @@ def test_all_fast_paths_off_and_on_give_the_same_model():
   grads_plain, grads_fast = jax.grad(loss(plain))(params), jax.grad(loss(fast))(params)
   for gp, gf in zip(jax.tree.leaves(grads_plain), jax.tree.leaves(grads_fast)):
     np.testing.assert_allclose(gf, gp, rtol=1e-4, atol=1e-4 * float(jnp.abs(gp).max()))
+
+
+# ---- fast encoder (stride-2 input gradients without lhs dilation; RGB padded to 4) --
+
+
+def _reference_strided_conv_input_grad(cotangent, kernel, input_hw, padding):
+  """d/dx of sum(conv(x, kernel, stride 2, padding) * cotangent), by explicit scatter."""
+  ct = np.asarray(cotangent, np.float64)
+  w = np.asarray(kernel, np.float64)
+  k = w.shape[0]
+  b, ho, wo, _ = ct.shape
+  h, wd = input_hw
+  grad = np.zeros((b, h + 2 * padding + k, wd + 2 * padding + k, w.shape[2]))
+  for i in range(k):
+    for j in range(k):
+      grad[:, i:i + 2 * ho:2, j:j + 2 * wo:2] += np.einsum("bhwo,co->bhwc", ct, w[i, j])
+  return grad[:, padding:padding + h, padding:padding + wd]
+
+
+@pytest.mark.parametrize("input_hw,k,padding", [
+    ((28, 28), 4, 1), ((14, 14), 5, 2), ((28, 20), 4, 1), ((14, 10), 5, 2),
+    ((16, 16), 5, 2), ((7, 9), 4, 1), ((6, 6), 3, 1), ((9, 8), 5, 0)])
+def test_strided_conv_input_grad_is_the_transposed_convolution(input_hw, k, padding):
+  rng_x, rng_k, rng_c = jax.random.split(jax.random.PRNGKey(k + padding), 3)
+  x = jax.random.normal(rng_x, (2,) + input_hw + (3,))
+  kernel = jax.random.normal(rng_k, (k, k, 3, 5))
+  y, vjp = jax.vjp(lambda x: models.strided_conv(x, kernel, padding), x)
+  cotangent = jax.random.normal(rng_c, y.shape)
+  ours = models.strided_conv_input_grad(cotangent, kernel, input_hw, padding)
+  reference = _reference_strided_conv_input_grad(cotangent, kernel, input_hw, padding)
+  assert ours.shape == x.shape
+  np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(vjp(cotangent)[0], reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c_in,stride,k,padding", [
+    (3, 1, 3, 1), (1, 1, 3, 1), (4, 2, 4, 1), (6, 2, 5, 2), (3, 2, 4, 1)])
+def test_fast_encoder_conv_is_nn_conv_with_the_same_parameters_and_gradients(
+    c_in, stride, k, padding):
+  x = jax.random.normal(jax.random.PRNGKey(c_in), (2, 12, 8, c_in))
+  reference = models.nn.Conv(7, (k, k), strides=stride, padding=((padding, padding),) * 2)
+  params = reference.init(jax.random.PRNGKey(0), x)
+  g = jax.random.normal(jax.random.PRNGKey(1), reference.apply(params, x).shape)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)) * g)
+  ref_grads = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  for fast in (False, True):
+    conv = models.EncoderConv(7, k, stride, padding, fast=fast)
+    ours = conv.init(jax.random.PRNGKey(0), x)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(params)):
+      np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(conv.apply(params, x), reference.apply(params, x),
+                               rtol=1e-5, atol=1e-5)
+    grads = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_fast_encoder_supports_per_example_gradients_and_gradients_of_gradients():
+  image_shape = (16, 12, 3)
+  plain = models.Encoder(4, base_channels=4, fast=False)
+  fast = models.Encoder(4, base_channels=4, fast=True)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3,) + image_shape)
+  params = plain.init(jax.random.PRNGKey(1), x)
+
+  def loss(model):
+    return lambda p, x: jnp.sum(jnp.tanh(model.apply(p, x[None])[0]) ** 2)
+
+  per_example = lambda model: jax.jit(jax.vmap(jax.grad(loss(model)), (None, 0)))(params, x)
+  for a, b in zip(jax.tree.leaves(per_example(fast)), jax.tree.leaves(per_example(plain))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Gradient of a gradient norm (e.g. a gradient penalty) goes through the custom VJP.
+  penalty = lambda model: jax.jit(jax.grad(
+      lambda p: jnp.sum(jax.grad(loss(model), argnums=1)(p, x[0]) ** 2)))(params)
+  for a, b in zip(jax.tree.leaves(penalty(fast)), jax.tree.leaves(penalty(plain))):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_forward_mode_needs_the_plain_encoder():
+  x = jnp.ones((1, 8, 8, 3))
+  plain = models.Encoder(2, base_channels=2, fast=False)
+  params = plain.init(jax.random.PRNGKey(0), x)
+  f = lambda model: lambda x: model.apply(params, x)[0]
+  jax.jvp(f(plain), (x,), (x,))  # plain layers: forward mode works
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(f(models.Encoder(2, base_channels=2, fast=True)), (x,), (x,))
+
+
+# ---- bfloat16 compute ----------------------------------------------------------------
+
+
+def test_bfloat16_model_keeps_float32_parameters_and_outputs_and_stays_close():
+  image_shape = (16, 16, 3)
+  kwargs = dict(latent_dim=8, base_channels=8)
+  f32 = models.VAE(image_shape, 3, **kwargs)
+  bf16 = models.VAE(image_shape, 3, dtype=jnp.bfloat16, **kwargs)
+  rng = jax.random.PRNGKey(0)
+  x = jax.random.uniform(rng, (4,) + image_shape)
+  params = f32.init(rng, x, rng)
+  assert all(p.dtype == jnp.float32
+             for p in jax.tree.leaves(bf16.init(rng, x, rng)))
+  out32, mean32, log_var32, _ = jax.jit(f32.apply)(params, x, rng)
+  out16, mean16, log_var16, _ = jax.jit(bf16.apply)(params, x, rng)
+  for a, b in ((out16, out32), (mean16, mean32), (log_var16, log_var32)):
+    assert a.dtype == jnp.float32
+    # bfloat16 keeps 8 bits of mantissa: a relative error of ~2^-8 per op.
+    np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(jnp.abs(b).max()))
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(bf16.apply(p, x, rng)[0] ** 2)))(params)
+  assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+             for g in jax.tree.leaves(grads))

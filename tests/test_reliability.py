@@ -151,6 +151,11 @@ def test_a_workdir_of_another_decoder_is_refused_naming_the_fields(tmp_path):
   # Run-length fields may change on resume (e.g. train longer).
   longer = cli_utils.tiny_config(None, num_train_steps=100).to_dict()
   checkpointing.check_workdir_config(workdir, longer, has_checkpoints=True)
+  # So may the way the same networks are computed (same parameters).
+  recomputed = cli_utils.tiny_config(None, **{
+      "model.dtype": "bfloat16", "model.fast_encoder": False,
+      "model.fast_upsample": False, "model.fast_output": False}).to_dict()
+  checkpointing.check_workdir_config(workdir, recomputed, has_checkpoints=True)
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):

@@ -145,3 +145,27 @@ def test_nonfinite_update_never_reaches_the_parameters(skip):
   changed = any(not np.array_equal(a, b) for a, b in
                 zip(jax.tree.leaves(after), jax.tree.leaves(jax.device_get(state.params))))
   assert changed == skip
+
+
+def test_bfloat16_compute_trains_to_the_same_loss_within_seed_noise():
+  """model.dtype=bfloat16 must keep the ELBO within the run-to-run noise of float32."""
+  def final_loss(dtype, seed):
+    config = _tiny_config("optimal_sigma", seed=seed, learning_rate=3e-3)
+    config.model.dtype = dtype
+    trainer = _trainer(config)
+    state = trainer.init_state()
+    images = trainer.put_replicated(_smooth_images(n=64))
+    losses = []
+    for _ in range(200):
+      state, metrics = trainer.train_on_device(state, images)
+      losses.append(metrics["loss"])
+    losses = np.asarray(jax.device_get(losses))
+    assert np.all(np.isfinite(losses))
+    return float(losses[:10].mean()), float(losses[-20:].mean())
+
+  start, f32 = final_loss("float32", 0)
+  _, bf16 = final_loss("bfloat16", 0)
+  _, f32_other_seed = final_loss("float32", 1)
+  seed_noise = abs(f32_other_seed - f32)
+  assert start - f32 > 20 and start - bf16 > 20, (start, f32, bf16)  # both learn
+  assert abs(bf16 - f32) <= seed_noise + 1.0, (f32, bf16, f32_other_seed)
