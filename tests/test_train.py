@@ -169,3 +169,36 @@ def test_bfloat16_compute_trains_to_the_same_loss_within_seed_noise():
   seed_noise = abs(f32_other_seed - f32)
   assert start - f32 > 20 and start - bf16 > 20, (start, f32, bf16)  # both learn
   assert abs(bf16 - f32) <= seed_noise + 1.0, (f32, bf16, f32_other_seed)
+
+
+def test_tuned_cpu_compiler_options_apply_only_on_cpu_and_yield_to_xla_flags(monkeypatch):
+  options = train.compiler_options.__wrapped__
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert options("cpu") == train._TUNED_CPU_OPTIONS  # known to this jaxlib
+  assert options("cpu", tuned=False) is None
+  assert options("gpu") is None and options("tpu") is None
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+  assert options("cpu") is None
+
+
+def test_tuned_and_default_compilation_train_the_same_function():
+  images = _smooth_images(n=32)
+  runs = []
+  for tuned in (True, False):
+    trainer = _trainer(_tiny_config("optimal_sigma", tune_xla_cpu=tuned))
+    assert (trainer.compiler_options is not None) == tuned
+    state = trainer.init_state()
+    data = trainer.put_replicated(images)
+    metrics = []
+    for _ in range(3):
+      state, m = trainer.train_on_device(state, data)
+      metrics.append(m)
+    runs.append(jax.device_get((state.params, metrics)))
+  (params_a, metrics_a), (params_b, metrics_b) = runs
+  for a, b in zip(metrics_a, metrics_b):
+    for key in ("loss", "rec", "kl", "grad_norm"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
+  # Adam moves each parameter by ~learning_rate (1e-2) per step; float32 rounding
+  # of other convolution algorithms moves them by far less.
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
