@@ -54,8 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Compute each stride-2 transposed conv as a 3x3 conv + depth-to-space: the same
   # function for the same parameters, several times faster on XLA:CPU.
   config.model.fast_upsample = True
-  # Compute the final conv to an odd number of channels (3 for RGB) with its kernel
-  # zero-padded to a multiple of 4 and slice: the same function, ~2x faster on XLA:CPU.
+  # Compute the final conv on the 2x2 phases of the last upsampling (with
+  # fast_upsample), its kernel zero-padded from an odd number of outputs (3 for RGB)
+  # to a multiple of 4: the same function, ~2x faster on XLA:CPU.
   config.model.fast_output = True
 
   config.decoder = ml_collections.ConfigDict()

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # PyTorch's ConvTranspose2d(k=6, s=2, p=2) doubles the size; as an lhs-dilated
 # convolution that is a padding of k - 1 - p = 3 on each side.
@@ -65,31 +66,73 @@ def upsample_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
       lhs_dilation=(2, 2), dimension_numbers=_DIMENSION_NUMBERS)
 
 
-def upsample_depth_to_space(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """The same function as `upsample_conv_transpose`, computed without dilation.
+def upsample_phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`upsample_conv_transpose` before its last step: [B, H, W, 4*C_out], phase-major.
 
   Output pixel 2t+a (along each axis) of the dilated convolution only meets the
   taps k = 1-a, 3-a, 5-a of the kernel, applied to inputs t-1, t, t+1. So each of
   the four output phases (a, b) is a 3x3 'SAME' convolution with the sub-kernel
-  kernel[1-a::2, 1-b::2]; one convolution to 4*C_out channels computes all four
-  and depth-to-space interleaves them. XLA:CPU runs this several times faster than
-  the lhs-dilated form (forward and backward), for identical results.
+  kernel[1-a::2, 1-b::2]; one convolution to 4*C_out channels computes all four.
+  `depth_to_space` of the result is the upsampled image.
   """
   kh, kw, c_in, c_out = kernel.shape
   assert (kh, kw) == (_UPSAMPLE_KERNEL, _UPSAMPLE_KERNEL), kernel.shape
   phases = [kernel[1 - a::2, 1 - b::2] for a in (0, 1) for b in (0, 1)]
   # [3, 3, C_in, 4, C_out] -> [3, 3, C_in, 4*C_out], phase-major as depth_to_space expects.
   stacked = jnp.stack(phases, axis=3).reshape(3, 3, c_in, 4 * c_out)
-  y = jax.lax.conv_general_dilated(
+  return jax.lax.conv_general_dilated(
       x, stacked, window_strides=(1, 1), padding=((1, 1), (1, 1)),
       dimension_numbers=_DIMENSION_NUMBERS)
-  return depth_to_space(y, 2)
+
+
+def upsample_depth_to_space(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The same function as `upsample_conv_transpose`, computed without dilation:
+  `upsample_phases` then depth-to-space. XLA:CPU runs this several times faster
+  than the lhs-dilated form (forward and backward), for identical results."""
+  return depth_to_space(upsample_phases(x, kernel), 2)
+
+
+def phase_space_kernel(kernel: jax.Array, padding: int) -> tuple[jax.Array, tuple[int, int]]:
+  """A stride-1 conv of a 2x-upsampled image, as a conv of its 2x2 phases.
+
+  conv(depth_to_space(x), kernel, padding p) == depth_to_space(conv(x, K, pads))
+  for x [B, H, W, 4*C_in] (phase-major channels), with the returned block kernel
+  K [n, n, 4*C_in, 4*C_out] and per-axis padding `pads`. Along an axis, output
+  pixel 2m+a reads input pixel 2m+a+i-p = 2(m+d)+s through tap i, so K holds
+  kernel tap i = 2d + s - a + p at block offset d, input phase s, output phase a
+  (zeros elsewhere).
+
+  Args:
+    kernel: [k, k, C_in, C_out] (HWIO).
+    padding: the 'SAME'-style zero padding p of the full-resolution conv.
+  Returns:
+    (K, (low, high)) with the conv padding, in blocks, for both spatial axes.
+  """
+  k = kernel.shape[0]
+  low, high = (0 - padding) // 2, (1 + k - 1 - padding) // 2  # floor division
+  n = high - low + 1
+  select = np.zeros((n, 2, 2, k), np.float32)  # [offset, in phase s, out phase a, tap]
+  for d in range(low, high + 1):
+    for s in (0, 1):
+      for a in (0, 1):
+        i = 2 * d + s - a + padding
+        if 0 <= i < k:
+          select[d - low, s, a, i] = 1.0
+  select = jnp.asarray(select, kernel.dtype)
+  c_in, c_out = kernel.shape[2], kernel.shape[3]
+  block = jnp.einsum("psai,qtbj,ijco->pqstcabo", select, select, kernel)
+  return block.reshape(n, n, 4 * c_in, 4 * c_out), (-low, high)
 
 
 class Upsample2x(nn.Module):
-  """ConvTranspose2d(kernel 6, stride 2, padding 2) with a choice of algorithm."""
+  """ConvTranspose2d(kernel 6, stride 2, padding 2) with a choice of algorithm.
+
+  phase_output: return the output's 2x2 phases [B, H, W, 4*features] (fast only),
+  whose depth_to_space is the output, for a following `OutputConv(phase_input)`.
+  """
   features: int
   fast: bool = True
+  phase_output: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -97,8 +140,12 @@ class Upsample2x(nn.Module):
         "kernel", nn.initializers.lecun_normal(),
         (_UPSAMPLE_KERNEL, _UPSAMPLE_KERNEL, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
+    if self.phase_output:
+      assert self.fast, "phase_output needs the fast form"
+      return upsample_phases(x, kernel) + jnp.tile(bias, 4)
     fn = upsample_depth_to_space if self.fast else upsample_conv_transpose
-    return fn(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+    return fn(x, kernel) + bias
 
 
 class OutputConv(nn.Module):
@@ -106,24 +153,37 @@ class OutputConv(nn.Module):
 
   fast: compute it with the kernel zero-padded to `padded_channels` output
   channels and slice them off (the same function and gradients).
+  phase_input: x is given as the 2x2 phases [B, H/2, W/2, 4*C] of the image
+  (`Upsample2x(phase_output=True)`); the conv runs on them with
+  `phase_space_kernel`, on 4x fewer pixels with 4x the channels, which XLA:CPU
+  runs ~2x faster for a few output channels. Same parameters and function.
   """
   features: int
   kernel_size: int = 5
   fast: bool = True
+  phase_input: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
+    c_in = x.shape[-1] // 4 if self.phase_input else x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (k, k, x.shape[-1], self.features)).astype(x.dtype)
+                        (k, k, c_in, self.features)).astype(x.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     padded = padded_channels(self.features) if self.fast else self.features
     if padded > self.features:
       kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, padded - self.features)))
     p = (k - 1) // 2
-    y = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding=((p, k - 1 - p), (p, k - 1 - p)),
-        dimension_numbers=_DIMENSION_NUMBERS)
+    if self.phase_input:
+      block_kernel, pads = phase_space_kernel(kernel, p)
+      y = jax.lax.conv_general_dilated(
+          x, block_kernel, window_strides=(1, 1), padding=(pads, pads),
+          dimension_numbers=_DIMENSION_NUMBERS)
+      y = depth_to_space(y, 2)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(1, 1), padding=((p, k - 1 - p), (p, k - 1 - p)),
+          dimension_numbers=_DIMENSION_NUMBERS)
     return y[..., :self.features] + bias.astype(x.dtype)
 
 
@@ -286,8 +346,12 @@ class Decoder(nn.Module):
     x = nn.relu(nn.Dense((h // 4) * (w // 4) * 4 * c, dtype=self.dtype)(z))
     x = x.reshape(z.shape[0], h // 4, w // 4, 4 * c)
     x = nn.relu(Upsample2x(2 * c, fast=self.fast_upsample)(x))
-    x = nn.relu(Upsample2x(c, fast=self.fast_upsample)(x))
-    out = OutputConv(self.num_outputs, 5, fast=self.fast_output, name="Conv_0")(x)
+    # With both fast paths the last upsampling hands its output on as 2x2 phases
+    # (ReLU commutes with depth-to-space) and the output conv works on those.
+    phases = self.fast_upsample and self.fast_output
+    x = nn.relu(Upsample2x(c, fast=self.fast_upsample, phase_output=phases)(x))
+    out = OutputConv(self.num_outputs, 5, fast=self.fast_output, phase_input=phases,
+                     name="Conv_0")(x)
     return out.astype(jnp.float32)
 
 

@@ -272,3 +272,53 @@ def test_bfloat16_model_keeps_float32_parameters_and_outputs_and_stays_close():
   grads = jax.jit(jax.grad(lambda p: jnp.sum(bf16.apply(p, x, rng)[0] ** 2)))(params)
   assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
              for g in jax.tree.leaves(grads))
+
+
+# ---- output conv on the 2x2 phases of the last upsampling ----------------------------
+
+
+@pytest.mark.parametrize("k,padding", [(5, 2), (3, 1), (4, 1), (5, 1), (1, 0), (6, 3)])
+def test_phase_space_kernel_convolves_the_upsampled_image(k, padding):
+  kernel = jax.random.normal(jax.random.PRNGKey(k), (k, k, 3, 2))
+  phases = jax.random.normal(jax.random.PRNGKey(padding), (2, 5, 4, 4 * 3))
+  image = np.asarray(models.depth_to_space(phases), np.float64)  # [2, 10, 8, 3]
+  # Reference: the 'SAME'-style conv of the full-resolution image, by explicit sums.
+  padded = np.pad(image, ((0, 0), (padding, k - 1 - padding), (padding, k - 1 - padding),
+                          (0, 0)))
+  w = np.asarray(kernel, np.float64)
+  reference = sum(np.einsum("bhwc,co->bhwo", padded[:, i:i + 10, j:j + 8], w[i, j])
+                  for i in range(k) for j in range(k))
+  block, pads = models.phase_space_kernel(kernel, padding)
+  out = jax.lax.conv_general_dilated(phases, block, (1, 1), (pads, pads),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(models.depth_to_space(out), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_phase_output_conv_is_nn_conv_of_the_upsampled_image_with_the_same_gradients():
+  phases = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 4 * 5))
+  image = models.depth_to_space(phases)
+  reference = models.nn.Conv(3, (5, 5), strides=1, padding=((2, 2), (2, 2)))
+  params = reference.init(jax.random.PRNGKey(1), image)
+  ours = models.OutputConv(3, 5, fast=True, phase_input=True)
+  for a, b in zip(jax.tree.leaves(ours.init(jax.random.PRNGKey(1), phases)),
+                  jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  g = jax.random.normal(jax.random.PRNGKey(2), (2, 12, 8, 3))
+  ref_loss = lambda p, x: jnp.sum(reference.apply(p, models.depth_to_space(x)) * g)
+  our_loss = lambda p, x: jnp.sum(ours.apply(p, x) * g)
+  np.testing.assert_allclose(our_loss(params, phases), ref_loss(params, phases), rtol=1e-5)
+  ref_grads = jax.grad(ref_loss, argnums=(0, 1))(params, phases)
+  our_grads = jax.grad(our_loss, argnums=(0, 1))(params, phases)
+  for a, b in zip(jax.tree.leaves(our_grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_upsample_phase_output_is_the_output_before_depth_to_space():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 6))
+  plain = models.Upsample2x(4, fast=True)
+  params = plain.init(jax.random.PRNGKey(1), x)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+  phased = models.Upsample2x(4, fast=True, phase_output=True).apply(params, x)
+  assert phased.shape == (2, 5, 3, 16)
+  np.testing.assert_allclose(models.depth_to_space(phased), plain.apply(params, x),
+                             rtol=1e-6, atol=1e-6)
