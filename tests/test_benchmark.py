@@ -29,6 +29,10 @@ def test_benchmark_prints_one_json_line_with_the_expected_keys():
     assert key in result, key
   assert result["images_per_sec"] > 0 and result["step_ms"] > 0
   assert result["eval_images_per_sec"] > 0 and result["device_train_images_per_sec"] > 0
+  assert result["device_train_seconds"] > 0
+  assert result["device_train_epochs"] == 2 * 8 / 32  # steps x batch / images
+  assert result["model_algorithms"] == {
+      "fast_encoder": True, "fast_upsample": True, "fast_output": True}
   assert result["backend"] == "cpu" and result["devices"] >= 1
   assert result["config"]["batch_size"] == 8
   assert result["image_shape"] == [8, 8, 3]
