@@ -109,7 +109,8 @@ def phase_space_kernel(kernel: jax.Array, padding: int) -> tuple[jax.Array, tupl
     (K, (low, high)) with the conv padding, in blocks, for both spatial axes.
   """
   k = kernel.shape[0]
-  low, high = (0 - padding) // 2, (1 + k - 1 - padding) // 2  # floor division
+  # Block offsets d = floor((a + i - p) / 2) over output phases a and taps i.
+  low, high = -padding // 2, (k - padding) // 2
   n = high - low + 1
   select = np.zeros((n, 2, 2, k), np.float32)  # [offset, in phase s, out phase a, tap]
   for d in range(low, high + 1):
