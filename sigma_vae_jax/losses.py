@@ -635,23 +635,53 @@ def discretized_logistic_mixture_nll(x, logit_probs, means, log_scales,
 # --------------------------------------------------------------------------
 
 
-def gaussian_kl(mean, log_var):
-  """Elementwise KL(N(mean, exp(log_var)) || N(0, 1)) in nats.
+def gaussian_kl(mean, log_var, prior_mean=None, prior_log_var=None):
+  """Elementwise KL(N(mean, exp(log_var)) || N(prior_mean, exp(prior_log_var))), nats.
 
-  ``0.5 * (mean**2 + exp(log_var) - 1 - log_var)``; ``exp(t) - 1 - t`` uses
-  its Taylor series for ``|t| < 0.5``, so the result stays accurate to float32
-  precision (and >= 0) when ``log_var`` is near 0.
+  ``0.5 * ((mean - mp)**2 / vp + expm1_minus_x(log_var - lvp))`` with
+  ``expm1_minus_x(t) = exp(t) - 1 - t`` computed from its Taylor series for
+  ``|t| < 0.5``, so the result stays accurate to float32 precision (and >= 0) when
+  the two variances are close. Without a prior (both None) it is N(0, 1).
 
   Args:
     mean: posterior mean, shape ``S`` (e.g. ``[B, latent_dim]``).
     log_var: posterior log variance, broadcastable with ``mean``.
+    prior_mean: prior mean (None: 0), broadcastable with ``mean``.
+    prior_log_var: prior log variance (None: 0), broadcastable with ``mean``.
 
   Returns:
     KL in nats, broadcast shape of the inputs.
   """
-  dtype = _compute_dtype(mean, log_var)
-  mean, log_var = _as_float(dtype, mean, log_var)
-  return 0.5 * (mean * mean + _expm1_minus_x(log_var))
+  if prior_mean is None and prior_log_var is None:
+    dtype = _compute_dtype(mean, log_var)
+    mean, log_var = _as_float(dtype, mean, log_var)
+    return 0.5 * (mean * mean + _expm1_minus_x(log_var))
+  prior_mean = 0.0 if prior_mean is None else prior_mean
+  prior_log_var = 0.0 if prior_log_var is None else prior_log_var
+  dtype = _compute_dtype(mean, log_var, prior_mean, prior_log_var)
+  mean, log_var, prior_mean, prior_log_var = _as_float(
+      dtype, mean, log_var, prior_mean, prior_log_var)
+  diff = mean - prior_mean
+  return 0.5 * (diff * diff * jnp.exp(-prior_log_var)
+                + _expm1_minus_x(log_var - prior_log_var))
+
+
+def gaussian_log_prob(z, mean=None, log_var=None):
+  """Elementwise log N(z; mean, exp(log_var)) in nats (None: mean 0, log_var 0).
+
+  Args:
+    z: values, shape ``S``.
+    mean, log_var: broadcastable with ``z``.
+
+  Returns:
+    log density in nats, broadcast shape (not summed).
+  """
+  mean = 0.0 if mean is None else mean
+  log_var = 0.0 if log_var is None else log_var
+  dtype = _compute_dtype(z, mean, log_var)
+  z, mean, log_var = _as_float(dtype, z, mean, log_var)
+  diff = z - mean
+  return -(_HALF_LOG_2PI + 0.5 * log_var + 0.5 * diff * diff * jnp.exp(-log_var))
 
 
 def sum_over_data_dims(x, num_batch_dims: int = 1):

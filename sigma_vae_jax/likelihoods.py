@@ -1,16 +1,19 @@
-"""Decoder distributions: name -> how raw network outputs become a likelihood.
+"""Observation models ("decoders" in the paper): name -> how raw network outputs
+become a likelihood p(x | z). `config.decoder.name` picks one (`LIKELIHOODS`).
 
-A `Decoder` declares
+A `Likelihood` declares
   * `num_outputs(C)`: raw channels per pixel the network must produce for C-channel data,
   * `init_params()`: trainable parameters of its own (e.g. one learned log sigma),
   * `init_state()`: non-trainable state (the running average of sigma*),
   * `nll(...)`: the elementwise negative log-likelihood in nats (losses.py),
   * `mean(...)` / `sample(...)`: images in [0, 1] for reconstructions and samples.
 
-Adding a likelihood = a function in `losses.py` + a class and a `DECODERS` entry here.
+Adding a likelihood = a function in `losses.py` + a class and a `LIKELIHOODS` entry here.
 
-Shapes: x is float32 [B, H, W, C] in [0, 1]; `out` is the network output
-[B, H, W, num_outputs(C)].
+Shapes: x is float32 [B, *event] in [0, 1] with the channel axis last: an image
+[B, H, W, C] or a clip [B, T, H, W, C]; `out` is the network output
+[B, *event[:-1], num_outputs(C)]. "Per image" means per example over all its
+dimensions (time included for a clip).
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ _NUM_LEVELS = 256
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderOutput:
+class LikelihoodOutput:
   """What a decoder's `nll` returns.
 
-  nll: elementwise NLL in nats, [B, H, W, C] (or [B, H, W] for per-pixel mixtures).
+  nll: elementwise NLL in nats, the shape of x (without C for per-pixel mixtures).
   log_sigma: the scale used, broadcastable to x, or None for scale-free decoders.
   batch_variance: the closed-form sigma*^2 of this batch (scalar), for the running
     average; None for decoders without one.
@@ -46,10 +49,10 @@ class DecoderOutput:
 
 
 jax.tree_util.register_dataclass(
-    DecoderOutput, data_fields=["nll", "log_sigma", "batch_variance"], meta_fields=[])
+    LikelihoodOutput, data_fields=["nll", "log_sigma", "batch_variance"], meta_fields=[])
 
 
-class Decoder:
+class Likelihood:
   """Base class. Subclasses override what differs; all methods are pure."""
   name: str = ""
   # KL weight used in the *training* objective (beta-VAE); evaluation reports beta=1.
@@ -63,20 +66,21 @@ class Decoder:
   def init_params(self) -> dict[str, Array]:
     return {}
 
-  def init_state(self, image_shape=None) -> dict[str, Array]:
-    """Non-trainable state; `image_shape` (H, W, C) for state that depends on it."""
-    del image_shape
+  def init_state(self, data_shape=None) -> dict[str, Array]:
+    """Non-trainable state; `data_shape` (one example, e.g. (H, W, C)) for state
+    that depends on it."""
+    del data_shape
     return {}
 
-  def update_state(self, state: State, output: DecoderOutput) -> State:
+  def update_state(self, state: State, output: LikelihoodOutput) -> State:
     del output
     return state
 
   def nll(self, x: Array, out: Array, params: Params, state: State, *,
-          train: bool) -> DecoderOutput:
+          train: bool) -> LikelihoodOutput:
     raise NotImplementedError
 
-  def eval_nll(self, x: Array, out: Array, params: Params, state: State) -> DecoderOutput:
+  def eval_nll(self, x: Array, out: Array, params: Params, state: State) -> LikelihoodOutput:
     """The likelihood reported at evaluation (true ELBO, beta = 1)."""
     return self.nll(x, out, params, state, train=False)
 
@@ -102,7 +106,7 @@ def _quantize(x: Array) -> Array:
   return jnp.round(jnp.clip(x, 0.0, 1.0) * (_NUM_LEVELS - 1)) / (_NUM_LEVELS - 1)
 
 
-class _GaussianFamily(Decoder):
+class _GaussianFamily(Likelihood):
   """Gaussian decoders: mean = sigmoid(out); they differ in how sigma is chosen."""
 
   def _log_sigma(self, x, mean, out, params, state, train):
@@ -112,7 +116,7 @@ class _GaussianFamily(Decoder):
   def nll(self, x, out, params, state, *, train):
     mean = _sigmoid_mean(out, x.shape[-1])
     log_sigma, batch_variance = self._log_sigma(x, mean, out, params, state, train)
-    return DecoderOutput(losses.gaussian_nll(x, mean, log_sigma), log_sigma, batch_variance)
+    return LikelihoodOutput(losses.gaussian_nll(x, mean, log_sigma), log_sigma, batch_variance)
 
   def discrete_nll(self, x, out, params, state):
     mean = _sigmoid_mean(out, x.shape[-1])
@@ -141,7 +145,7 @@ class UnitGaussian(_GaussianFamily):
     return jnp.zeros((), mean.dtype), None
 
 
-class BetaVAE(UnitGaussian):
+class BetaGaussian(UnitGaussian):
   """Unit-variance Gaussian with KL weight beta (paper Eq. 7).
 
   Trains on 0.5||x - mean||^2 + beta KL. Evaluated as the calibrated model it is
@@ -157,7 +161,7 @@ class BetaVAE(UnitGaussian):
   def eval_nll(self, x, out, params, state):
     mean = _sigmoid_mean(out, x.shape[-1])
     log_sigma = jnp.asarray(0.5 * math.log(self.kl_weight), mean.dtype)
-    return DecoderOutput(losses.gaussian_nll(x, mean, log_sigma), log_sigma, None)
+    return LikelihoodOutput(losses.gaussian_nll(x, mean, log_sigma), log_sigma, None)
 
   def discrete_nll(self, x, out, params, state):
     mean = _sigmoid_mean(out, x.shape[-1])
@@ -187,7 +191,8 @@ class OptimalSigma(_GaussianFamily):
   Training uses the batch estimate (the gradient through sigma* vanishes at the
   optimum); evaluation uses a bias-corrected running average of sigma*^2.
 
-  `axes` (paper Fig. 4): the axes of [B, H, W, C] the MSE averages over, always
+  `axes` (paper Fig. 4): the axes of x ([B, H, W, C], or [B, T, H, W, C] for
+  video: (0, 2, 3, 4) is one sigma per frame) the MSE averages over, always
   including the batch axis 0. None (all axes) is the shared sigma of the optimal
   sigma-VAE; (0,) gives one sigma per subpixel, (0, 3) one per pixel location.
   The running average then holds one variance per non-averaged position.
@@ -198,21 +203,21 @@ class OptimalSigma(_GaussianFamily):
     self.ema_decay = float(ema_decay)
     self.axes = None if axes is None else tuple(sorted(int(a) for a in axes))
 
-  def variance_shape(self, image_shape) -> tuple[int, ...]:
+  def variance_shape(self, data_shape) -> tuple[int, ...]:
     """Shape of the running variance: () when shared, else broadcastable to x."""
     if self.axes is None:
       return ()
-    full = (1,) + tuple(image_shape)
+    full = (1,) + tuple(data_shape)
     return tuple(1 if i in self.axes else d for i, d in enumerate(full))
 
-  def num_variance_parameters(self, image_shape) -> int:
-    return math.prod(self.variance_shape(image_shape))
+  def num_variance_parameters(self, data_shape) -> int:
+    return math.prod(self.variance_shape(data_shape))
 
-  def init_state(self, image_shape=None):
-    if self.axes is not None and image_shape is None:
+  def init_state(self, data_shape=None):
+    if self.axes is not None and data_shape is None:
       raise ValueError("optimal sigma with sigma_axes needs the image shape")
     # Debiased EMA: ema / weight, with weight = 1 - decay^n (as Adam's moments).
-    return {"variance_ema": jnp.zeros(self.variance_shape(image_shape), jnp.float32),
+    return {"variance_ema": jnp.zeros(self.variance_shape(data_shape), jnp.float32),
             "ema_weight": jnp.zeros((), jnp.float32)}
 
   def update_state(self, state, output):
@@ -240,7 +245,8 @@ class OptimalSigmaPerImage(_GaussianFamily):
   name = "optimal_sigma_per_image"
 
   def _log_sigma(self, x, mean, out, params, state, train):
-    return losses.optimal_log_sigma(x, mean, axis=(1, 2, 3)), None
+    # Every non-batch axis: per image, or per clip for video [B, T, H, W, C].
+    return losses.optimal_log_sigma(x, mean, axis=tuple(range(1, x.ndim))), None
 
   def sample(self, rng, out, params, state):
     # No data means no per-image sigma*; samples are shown as the mean image.
@@ -265,7 +271,7 @@ class PerPixelSigma(_GaussianFamily):
     return out.shape[-1] // 2
 
 
-class StudentT(Decoder):
+class StudentT(Likelihood):
   """Student-t with per-subpixel location and scale, fixed degrees of freedom."""
   name = "student_t"
 
@@ -281,7 +287,7 @@ class StudentT(Decoder):
 
   def nll(self, x, out, params, state, *, train):
     loc, log_scale = self._split(out)
-    return DecoderOutput(losses.student_t_nll(x, loc, log_scale, self.df), log_scale)
+    return LikelihoodOutput(losses.student_t_nll(x, loc, log_scale, self.df), log_scale)
 
   def mean(self, out, params, state):
     return self._split(out)[0]
@@ -292,12 +298,12 @@ class StudentT(Decoder):
     return jnp.clip(loc + jnp.exp(log_scale) * t, 0.0, 1.0)
 
 
-class Bernoulli(Decoder):
+class Bernoulli(Likelihood):
   """Intensities as Bernoulli probabilities (Gregor et al. 2015); not normalised on [0,1]."""
   name = "bernoulli"
 
   def nll(self, x, out, params, state, *, train):
-    return DecoderOutput(losses.bernoulli_nll(x, out))
+    return LikelihoodOutput(losses.bernoulli_nll(x, out))
 
   def mean(self, out, params, state):
     return jax.nn.sigmoid(out)
@@ -307,7 +313,7 @@ class Bernoulli(Decoder):
     return self.mean(out, params, state)
 
 
-class Categorical(Decoder):
+class Categorical(Likelihood):
   """256-way softmax per subpixel."""
   name = "categorical"
   is_discrete = True
@@ -319,7 +325,7 @@ class Categorical(Decoder):
     return out.reshape(out.shape[:-1] + (-1, _NUM_LEVELS))
 
   def nll(self, x, out, params, state, *, train):
-    return DecoderOutput(losses.categorical_nll(x, self._logits(out)))
+    return LikelihoodOutput(losses.categorical_nll(x, self._logits(out)))
 
   def mean(self, out, params, state):
     probs = jax.nn.softmax(self._logits(out), axis=-1)
@@ -330,7 +336,7 @@ class Categorical(Decoder):
     return level.astype(jnp.float32) / (_NUM_LEVELS - 1)
 
 
-class BitwiseCategorical(Decoder):
+class BitwiseCategorical(Likelihood):
   """8 independent Bernoulli bits per subpixel, most significant first (App. E)."""
   name = "bitwise_categorical"
   is_discrete = True
@@ -342,7 +348,7 @@ class BitwiseCategorical(Decoder):
     return out.reshape(out.shape[:-1] + (-1, 8))
 
   def nll(self, x, out, params, state, *, train):
-    return DecoderOutput(losses.bitwise_categorical_nll(x, self._logits(out)))
+    return LikelihoodOutput(losses.bitwise_categorical_nll(x, self._logits(out)))
 
   def _weights(self, dtype):
     return 2.0 ** jnp.arange(7, -1, -1, dtype=dtype) / (_NUM_LEVELS - 1)
@@ -357,7 +363,7 @@ class BitwiseCategorical(Decoder):
     return bits @ self._weights(logits.dtype)
 
 
-class LogisticMixture(Decoder):
+class LogisticMixture(Likelihood):
   """Mixture of K discretized logistics, one indicator per pixel (App. E)."""
   name = "logistic_mixture"
   is_discrete = True
@@ -380,7 +386,7 @@ class LogisticMixture(Decoder):
 
   def nll(self, x, out, params, state, *, train):
     logit_probs, means, log_scales = self._split(out)
-    return DecoderOutput(
+    return LikelihoodOutput(
         losses.discretized_logistic_mixture_nll(x, logit_probs, means, log_scales))
 
   def mean(self, out, params, state):
@@ -422,13 +428,13 @@ class _Discretized(OptimalSigma):
   def nll(self, x, out, params, state, *, train):
     mean = _sigmoid_mean(out, x.shape[-1])
     log_sigma, batch_variance = self._log_sigma(x, mean, out, params, state, train)
-    return DecoderOutput(type(self)._nll_fn(x, mean, log_sigma), log_sigma, batch_variance)
+    return LikelihoodOutput(type(self)._nll_fn(x, mean, log_sigma), log_sigma, batch_variance)
 
   def update_state(self, state, output):
     return state if self.learned else super().update_state(state, output)
 
-  def init_state(self, image_shape=None):
-    return {} if self.learned else super().init_state(image_shape)
+  def init_state(self, data_shape=None):
+    return {} if self.learned else super().init_state(data_shape)
 
   def discrete_nll(self, x, out, params, state):
     return None  # its own NLL is already discrete
@@ -447,9 +453,9 @@ class DiscretizedLogistic(_Discretized):
   _nll_fn = staticmethod(losses.discretized_logistic_nll)
 
 
-DECODERS: dict[str, Callable[[Any], Decoder]] = {
+LIKELIHOODS: dict[str, Callable[[Any], Likelihood]] = {
     "gaussian": lambda cfg: UnitGaussian(),
-    "beta": lambda cfg: BetaVAE(cfg.beta),
+    "beta": lambda cfg: BetaGaussian(cfg.beta),
     "shared_sigma": lambda cfg: SharedSigma(),
     "optimal_sigma": lambda cfg: OptimalSigma(cfg.sigma_ema_decay, cfg.get("sigma_axes")),
     "optimal_sigma_per_image": lambda cfg: OptimalSigmaPerImage(),
@@ -464,16 +470,16 @@ DECODERS: dict[str, Callable[[Any], Decoder]] = {
 }
 
 # Decoders whose training objective uses a KL weight other than 1.
-DECODERS_WITH_BETA = ("beta",)
+LIKELIHOODS_WITH_BETA = ("beta",)
 SCALE_MODES = ("optimal", "learned")
 
 
-def get_decoder(decoder_config) -> Decoder:
-  """Builds the decoder named `decoder_config.name` (see `DECODERS`)."""
+def get_likelihood(decoder_config) -> Likelihood:
+  """Builds the decoder named `decoder_config.name` (see `LIKELIHOODS`)."""
   try:
-    factory = DECODERS[decoder_config.name]
+    factory = LIKELIHOODS[decoder_config.name]
   except KeyError:
     raise ValueError(
         f"decoder.name={decoder_config.name!r} is unknown; choose one of "
-        f"{sorted(DECODERS)}") from None
+        f"{sorted(LIKELIHOODS)}") from None
   return factory(decoder_config)

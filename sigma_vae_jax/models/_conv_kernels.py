@@ -1,22 +1,19 @@
-"""The paper's small convolutional VAE (App. B, as in the authors' PyTorch release).
+"""Fast CPU forms of the conv VAE's layers (private to `models.conv_vae`).
 
-The networks know nothing about likelihoods: the decoder network outputs
-`num_outputs` raw channels per pixel and a `decoders.Decoder` interprets them.
-
-Shapes: images are float32 [B, H, W, C] in [0, 1]; H and W must be divisible by 4
-(two stride-2 stages). Latents are [B, latent_dim].
-
-Speed: the `fast_*` options compute some layers in an equivalent form that XLA
-(its CPU backend especially) runs several times faster, with the same parameters,
-outputs and gradients as the plain layers (tests/test_models.py checks each). The
-`dtype` option computes the networks in bfloat16 for accelerators; parameters,
-the posterior and the decoder outputs stay float32.
+Each layer computes the same function with the same parameters as the plain
+(XLA-spelled) layer, in a form XLA:CPU runs several times faster:
+  * stride-2 encoder convs take their input gradient from a phase convolution plus
+    depth-to-space (`fast_strided_conv`, a custom VJP) instead of an lhs-dilated conv;
+  * stride-2 transposed convs are a 3x3 conv to 4x the channels plus depth-to-space;
+  * the output conv runs on the 2x2 phases of the last upsampling;
+  * odd channel counts > 1 (RGB) are zero-padded to a multiple of 4.
+tests/test_models.py checks each against the plain layer or an explicit reference.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -301,105 +298,3 @@ class EncoderConv(nn.Module):
     else:
       raise ValueError(f"stride must be 1 or 2; got {self.stride}")
     return y + bias.astype(self.dtype)
-
-
-class Encoder(nn.Module):
-  """conv 3x3 s1 (c), conv 4x4 s2 (2c), conv 5x5 s2 (4c), ReLU; dense heads.
-
-  Returns float32 (mean, log_var), each [B, latent_dim].
-  """
-  latent_dim: int
-  base_channels: int = 32
-  fast: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    c = self.base_channels
-    conv = functools.partial(EncoderConv, fast=self.fast, dtype=self.dtype)
-    # Paddings as in PyTorch (p=1, 1, 2), so sizes are H, H/2, H/4. The names are
-    # nn.Conv's, so parameters (and checkpoints) are those of plain nn.Conv layers.
-    x = nn.relu(conv(c, 3, stride=1, padding=1, name="Conv_0")(x))
-    x = nn.relu(conv(2 * c, 4, stride=2, padding=1, name="Conv_1")(x))
-    x = nn.relu(conv(4 * c, 5, stride=2, padding=2, name="Conv_2")(x))
-    x = x.reshape(x.shape[0], -1)
-    mean = nn.Dense(self.latent_dim, dtype=self.dtype, name="mean")(x)
-    log_var = nn.Dense(self.latent_dim, dtype=self.dtype, name="log_var")(x)
-    return mean.astype(jnp.float32), log_var.astype(jnp.float32)
-
-
-class Decoder(nn.Module):
-  """dense to 4c channels at 1/4 resolution, 2x (transposed conv 6x6 s2), conv 5x5.
-
-  Returns float32 raw outputs [B, H, W, num_outputs]; a likelihood interprets them.
-  """
-  image_shape: Sequence[int]
-  num_outputs: int
-  base_channels: int = 32
-  fast_upsample: bool = True
-  fast_output: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
-    h, w, _ = self.image_shape
-    c = self.base_channels
-    x = nn.relu(nn.Dense((h // 4) * (w // 4) * 4 * c, dtype=self.dtype)(z))
-    x = x.reshape(z.shape[0], h // 4, w // 4, 4 * c)
-    x = nn.relu(Upsample2x(2 * c, fast=self.fast_upsample)(x))
-    # With both fast paths the last upsampling hands its output on as 2x2 phases
-    # (ReLU commutes with depth-to-space) and the output conv works on those.
-    phases = self.fast_upsample and self.fast_output
-    x = nn.relu(Upsample2x(c, fast=self.fast_upsample, phase_output=phases)(x))
-    out = OutputConv(self.num_outputs, 5, fast=self.fast_output, phase_input=phases,
-                     name="Conv_0")(x)
-    return out.astype(jnp.float32)
-
-
-class VAE(nn.Module):
-  """Gaussian-posterior VAE with a standard normal prior.
-
-  `__call__(x, rng)` -> (decoder outputs [B, H, W, num_outputs], mean, log_var, z).
-  `encode(x)` -> (mean, log_var); `decode(z)` -> decoder outputs. All float32;
-  `dtype` (float32 or bfloat16) is the networks' compute type.
-  """
-  image_shape: Sequence[int]
-  num_outputs: int
-  latent_dim: int = 20
-  base_channels: int = 32
-  fast_encoder: bool = True
-  fast_upsample: bool = True
-  fast_output: bool = True
-  dtype: Any = jnp.float32
-
-  def setup(self):
-    self.encoder = Encoder(self.latent_dim, self.base_channels, self.fast_encoder,
-                           self.dtype)
-    self.decoder = Decoder(self.image_shape, self.num_outputs, self.base_channels,
-                           self.fast_upsample, self.fast_output, self.dtype)
-
-  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return self.encoder(x)
-
-  def decode(self, z: jax.Array) -> jax.Array:
-    return self.decoder(z)
-
-  def __call__(self, x: jax.Array, rng: jax.Array):
-    mean, log_var = self.encode(x)
-    z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape, mean.dtype)
-    return self.decode(z), mean, log_var, z
-
-
-def validate_image_shape(image_shape: Sequence[int]) -> None:
-  """Raises ValueError (naming `dataset.image_size`) if the VAE cannot take it."""
-  if len(image_shape) != 3:
-    raise ValueError(f"image shape must be (H, W, C); got {tuple(image_shape)}")
-  h, w, c = image_shape
-  if h % 4 or w % 4 or h < 4 or w < 4:
-    suggestion = (max(4, round(h / 4) * 4), max(4, round(w / 4) * 4))
-    raise ValueError(
-        f"dataset.image_size: the conv VAE downsamples twice by 2, so height and "
-        f"width must be positive multiples of 4; got {h}x{w}. Set dataset.image_size "
-        f"to e.g. {suggestion} (images are resized on the host).")
-  if c < 1:
-    raise ValueError(f"images need at least one channel; got {c}")

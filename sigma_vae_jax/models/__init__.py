@@ -1,0 +1,44 @@
+"""Model registry: `config.model.name` -> the module that builds that model.
+
+Every model implements the contract of `models.base` (one forward pass returning
+`ModelOutput`, plus `reconstruct` and `sample`). Adding a model = one module in
+this package with `build`, `validate` and `default_config`, plus one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Sequence
+
+import flax.linen as nn
+
+from sigma_vae_jax.models.base import LatentGroup, ModelOutput
+
+# name -> module path (imported on first use, so unused models cost nothing).
+MODELS = {
+    "conv_vae": "sigma_vae_jax.models.conv_vae",
+}
+DEFAULT_MODEL = "conv_vae"
+
+
+def model_module(name: str) -> ModuleType:
+  """The module implementing model `name`; ValueError naming `model.name` if unknown."""
+  if name not in MODELS:
+    raise ValueError(f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}")
+  return importlib.import_module(MODELS[name])
+
+
+def build_model(model_config, data_shape: Sequence[int], num_outputs: int) -> nn.Module:
+  """The model of `model_config.name` for examples of `data_shape` (no batch axis)
+  whose likelihood reads `num_outputs` raw channels per element."""
+  return model_module(model_config.name).build(model_config, tuple(data_shape), num_outputs)
+
+
+def validate(model_config, data_shape: Sequence[int]) -> None:
+  """Raises ValueError (naming the config field) if the model cannot take this data."""
+  model_module(model_config.name).validate(model_config, tuple(data_shape))
+
+
+__all__ = ["MODELS", "DEFAULT_MODEL", "LatentGroup", "ModelOutput", "build_model",
+           "model_module", "validate"]
