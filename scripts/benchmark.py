@@ -3,7 +3,7 @@ r"""Training/eval throughput of the configured VAE on synthetic batches (no data
   python scripts/benchmark.py --config=configs/default.py \
       --image_shape=28,28,3 --config.batch_size=128 [--measure_matmul_peak]
 
-Builds the configured model and decoder (`train.Trainer`, all devices in one data
+Builds the configured model and decoder (`trainer.Trainer`, all devices in one data
 mesh), compiles, warms up, then times `--steps` train steps and `--eval_steps` eval
 steps one by one with `block_until_ready` (medians, robust on a shared machine). It
 then runs a short training from the device-resident data path (`train_on_device` on
@@ -18,18 +18,19 @@ batch 128, 572 steps per epoch, one compiled call per epoch):
       --num_images=73257 --device_train_steps=5720 --warmup=1 --steps=2 --eval_steps=2
   # -> device_train_seconds (after compilation), device_train_epochs
 
-FLOPs: `flops_per_step` is the analytic count of the model's useful
+FLOPs: for the conv VAE, `flops_per_step` is the analytic count of the model's useful
 multiply-adds x 2 (forward, plus both backward passes, minus the unneeded input
 gradient of the first layer); it does not depend on how a layer is computed, so
 it is the number to compare formulations by. `xla_flops_per_step` is what XLA's
 cost analysis of the compiled single train step says (it counts the zeros of an
-lhs-dilated convolution, so it is larger for model.fast_upsample=False).
+lhs-dilated convolution, so it is larger for model.conv_impl=xla); for the other
+models `flops_per_step` is XLA's count.
 `--measure_matmul_peak` times a square fp32 `jnp.dot` and reports the step's
 achieved GFLOP/s (analytic count) as a fraction of it.
 
 `--config.model.dtype=bfloat16` benchmarks bfloat16 compute (for GPU/TPU; XLA:CPU
-emulates it slowly). `--config.model.fast_encoder=False` (etc.) benchmarks the
-plain layers.
+emulates it slowly). `--config.model.conv_impl=xla` benchmarks the conv VAE's
+plain layers (`fast`: the CPU-tuned forms; `auto`: fast on CPU only).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def resolve_image_shape(config, flag_value):
 
 
 def analytic_train_flops(image_shape, batch, latent_dim, base_channels, num_outputs):
-  """2 x multiply-adds of one train step of models.VAE (fwd + bwd), per global batch."""
+  """2 x multiply-adds of one train step of the conv VAE (fwd + bwd), per global batch."""
   h, w, cin = image_shape
   c = base_channels
   conv = lambda ho, wo, k, ci, co: 2 * batch * ho * wo * k * k * ci * co
@@ -139,15 +140,14 @@ def _timed_calls(fn, n):
 
 def run(config, image_shape):
   import jax
-  from jax.sharding import Mesh
   import numpy as np
   from sigma_vae_jax import models
-  from sigma_vae_jax import train
+  from sigma_vae_jax import train_step
+  from sigma_vae_jax import trainer as trainer_lib
 
-  models.validate_image_shape(image_shape)
+  models.validate(config.model, image_shape)
   devices = jax.devices()
-  mesh = Mesh(np.asarray(devices), (train.DATA_AXIS,))
-  trainer = train.Trainer(config, image_shape, mesh)
+  trainer = trainer_lib.Trainer(config, image_shape, trainer_lib.make_mesh(devices))
   batch, spc = config.batch_size, config.steps_per_call
   rng = np.random.RandomState(config.seed)
   result = {}
@@ -209,16 +209,12 @@ def run(config, image_shape):
     result["device_train_epochs"] = calls * spc * batch / num_images
 
   # ---- FLOPs ------------------------------------------------------------------------
-  decoder = trainer.decoder
-  flops = analytic_train_flops(image_shape, batch, config.model.latent_dim,
-                               config.model.base_channels,
-                               decoder.num_outputs(image_shape[-1]))
-  result["flops_per_step"] = float(flops)
-  result["achieved_gflops"] = flops / step_s / 1e9
+  likelihood = trainer.likelihood
   try:
     one_step = jax.jit(functools.partial(
-        train.train_step, model=trainer.model, decoder=decoder, tx=trainer.tx,
-        skip_nonfinite=config.skip_nonfinite_updates))
+        train_step.train_step, model=trainer.model, likelihood=likelihood, tx=trainer.tx,
+        skip_nonfinite=config.skip_nonfinite_updates, free_bits=config.free_bits,
+        skip_update_grad_norm=config.skip_update_grad_norm, ema_decay=config.ema_decay))
     cost = one_step.lower(trainer.init_state(), batches[0]).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):
       cost = cost[0]
@@ -226,6 +222,14 @@ def run(config, image_shape):
   except Exception as e:  # pylint: disable=broad-except
     result["xla_flops_per_step"] = None
     print(f"XLA cost analysis unavailable: {e!r}", file=sys.stderr)
+  if config.model.name == "conv_vae":
+    flops = analytic_train_flops(image_shape, batch, config.model.latent_dim,
+                                 config.model.base_channels,
+                                 likelihood.num_outputs(image_shape[-1]))
+  else:  # No hand count for the other models: XLA's own count of one step.
+    flops = result["xla_flops_per_step"] or float("nan")
+  result["flops_per_step"] = float(flops)
+  result["achieved_gflops"] = flops / step_s / 1e9
 
   if FLAGS.measure_matmul_peak:
     peak = measure_matmul_peak(FLAGS.matmul_size, FLAGS.matmul_repeats)
@@ -235,6 +239,7 @@ def run(config, image_shape):
     result["ceiling_images_per_sec"] = batch * peak * 1e9 / flops
 
   # The algorithms the model actually runs (whatever the config could express).
+  result["model"] = config.model.name
   result["model_algorithms"] = {
       name: getattr(trainer.model, name)
       for name in ("fast_encoder", "fast_upsample", "fast_output")

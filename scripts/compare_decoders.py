@@ -19,17 +19,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from sigma_vae_jax import decoders  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import likelihoods  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax import sweeps  # pylint: disable=g-import-not-at-top
 
-DEFAULT_DECODERS = tuple(name for name in decoders.DECODERS if name != "beta")
+DEFAULT_DECODERS = tuple(name for name in likelihoods.LIKELIHOODS if name != "beta")
 
 
 def decoder_variant(config, name: str, beta: float) -> sweeps.Variant:
   overrides = {"decoder.name": name}
-  if name in decoders.DECODERS_WITH_BETA:
+  if name in likelihoods.LIKELIHOODS_WITH_BETA:
     overrides["decoder.beta"] = float(beta)
-  decoder = decoders.get_decoder(sweeps.apply_overrides(config, overrides).decoder)
+  decoder = likelihoods.get_likelihood(sweeps.apply_overrides(config, overrides).decoder)
   return sweeps.Variant(name, overrides, {
       "decoder": name if name != "beta" else f"beta (beta={beta:g})",
       "discrete_likelihood": bool(decoder.is_discrete)})
@@ -40,9 +40,9 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
         fid_kind: str = "random", fid_weights_path: Optional[str] = None,
         num_fid_samples: int = 1000, num_eval_examples: Optional[int] = None,
         iwae_samples: int = 0) -> list[dict]:
-  unknown = [n for n in decoder_names if n not in decoders.DECODERS]
+  unknown = [n for n in decoder_names if n not in likelihoods.LIKELIHOODS]
   if unknown:
-    raise ValueError(f"unknown decoders {unknown}; choose from {sorted(decoders.DECODERS)}")
+    raise ValueError(f"unknown decoders {unknown}; choose from {sorted(likelihoods.LIKELIHOODS)}")
   os.makedirs(output_dir, exist_ok=True)
   config = sweeps.prepare_config(config)
   variants = [decoder_variant(config, n, beta) for n in decoder_names]
@@ -93,13 +93,12 @@ def _plot(table, path, fid_kind, dataset_name):
 
 def _define(fv):
   flags.DEFINE_list("decoders", list(DEFAULT_DECODERS), "Decoders to compare "
-                    f"(any of {sorted(decoders.DECODERS)}).", flag_values=fv)
+                    f"(any of {sorted(likelihoods.LIKELIHOODS)}).", flag_values=fv)
   flags.DEFINE_float("beta", 0.01, "KL weight of the `beta` decoder when listed.",
                      flag_values=fv)
 
 
 def main(argv):
-  sweeps.hide_gpus_from_tensorflow()
   fv = sweeps.parse_flags(argv, _define)
   return run(**sweeps.common_kwargs(fv), decoder_names=list(fv.decoders), beta=fv.beta)
 

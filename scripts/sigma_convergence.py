@@ -119,7 +119,6 @@ def _define(fv):
 
 
 def main(argv):
-  sweeps.hide_gpus_from_tensorflow()
   fv = sweeps.parse_flags(argv, _define, default_fid_kind="none")
   return run(**sweeps.common_kwargs(fv), beta=fv.beta)
 

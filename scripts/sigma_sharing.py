@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from sigma_vae_jax import decoders  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import likelihoods  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax import sweeps  # pylint: disable=g-import-not-at-top
 
@@ -44,10 +44,10 @@ VARIANTS = {
 def num_variance_parameters(config, overrides, image_shape) -> int:
   """Variance parameters per image: the closed-form sigma's shape, 1 for per-image,
   H*W*C for the network-predicted per-pixel sigma."""
-  decoder = decoders.get_decoder(sweeps.apply_overrides(config, overrides).decoder)
-  if isinstance(decoder, decoders.OptimalSigma):
-    return decoder.num_variance_parameters(image_shape)
-  if isinstance(decoder, decoders.PerPixelSigma):
+  likelihood = likelihoods.get_likelihood(sweeps.apply_overrides(config, overrides).decoder)
+  if isinstance(likelihood, likelihoods.OptimalSigma):
+    return likelihood.num_variance_parameters(image_shape)
+  if isinstance(likelihood, likelihoods.PerPixelSigma):
     return math.prod(image_shape)
   return 1
 
@@ -120,7 +120,6 @@ def _define(fv):
 
 
 def main(argv):
-  sweeps.hide_gpus_from_tensorflow()
   fv = sweeps.parse_flags(argv, _define)
   return run(**sweeps.common_kwargs(fv), variant_names=list(fv.variants))
 

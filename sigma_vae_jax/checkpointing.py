@@ -108,7 +108,7 @@ def check_workdir_config(workdir: str, config_dict: dict, *, has_checkpoints: bo
   path = os.path.join(workdir, CONFIG_FILE)
   if has_checkpoints and os.path.exists(path):
     with open(path) as f:
-      saved = json.load(f)
+      saved = configuration.upgrade_config_dict(json.load(f))
     differing = configuration.structural_differences(saved, config_dict)
     if differing:
       details = "; ".join(
@@ -123,6 +123,17 @@ def check_workdir_config(workdir: str, config_dict: dict, *, has_checkpoints: bo
     with open(tmp, "w") as f:
       json.dump(config_dict, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+def is_legacy_workdir(workdir: str) -> bool:
+  """Whether WORKDIR/config.json was written before the model contract (no
+  `model.name`): its checkpoints use `train_step.LegacyTrainState`'s layout."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    saved = json.load(f)
+  return "name" not in saved.get("model", {})
 
 
 def _lookup(d: dict, dotted: str) -> Any:

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sigma_vae_jax import decoders
+from sigma_vae_jax import likelihoods
+from sigma_vae_jax import models
 
 # Fields that define the model and its checkpoint layout: a workdir written with
 # other values for any of these cannot be resumed (see `checkpointing`).
 STRUCTURAL_FIELDS = ("model", "decoder", "dataset.name", "dataset.image_size")
 # ...except these, which change how the networks are computed, not their
 # parameters: a run may resume with other values (e.g. bfloat16 on a new machine).
-COMPUTE_FIELDS = ("model.fast_encoder", "model.fast_upsample", "model.fast_output",
-                  "model.dtype")
+COMPUTE_FIELDS = ("model.conv_impl", "model.dtype", "model.remat",
+                  # Earlier versions' spelling of model.conv_impl.
+                  "model.fast_encoder", "model.fast_upsample", "model.fast_output")
+_LEGACY_CONV_FLAGS = ("fast_encoder", "fast_upsample", "fast_output")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("adam", "adamax")
 
 
 class ConfigError(ValueError):
@@ -31,18 +35,18 @@ def _require(condition: bool, field: str, message: str) -> None:
 def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -> None:
   """Raises ConfigError naming the first invalid field of `config`."""
   dec = config.decoder
-  _require(dec.name in decoders.DECODERS, "decoder.name",
-           f"unknown decoder {dec.name!r}; choose one of {sorted(decoders.DECODERS)}")
+  _require(dec.name in likelihoods.LIKELIHOODS, "decoder.name",
+           f"unknown decoder {dec.name!r}; choose one of {sorted(likelihoods.LIKELIHOODS)}")
   _require(config.dataset.name in dataset_names, "dataset.name",
            f"unknown dataset {config.dataset.name!r}; choose one of {sorted(dataset_names)}")
 
-  if dec.name in decoders.DECODERS_WITH_BETA:
+  if dec.name in likelihoods.LIKELIHOODS_WITH_BETA:
     _require(dec.beta is not None and dec.beta > 0, "decoder.beta",
              f"decoder {dec.name!r} needs a positive KL weight beta; got {dec.beta}")
   else:
     _require(dec.beta is None, "decoder.beta",
              f"beta={dec.beta} is given but decoder {dec.name!r} ignores it (only "
-             f"{list(decoders.DECODERS_WITH_BETA)} use a KL weight); unset it or use "
+             f"{list(likelihoods.LIKELIHOODS_WITH_BETA)} use a KL weight); unset it or use "
              f"decoder.name='beta'")
   if dec.get("sigma_axes") is not None:
     axes = tuple(dec.sigma_axes)
@@ -50,12 +54,13 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
              f"only the optimal_sigma decoder shares sigma over chosen axes; got "
              f"decoder {dec.name!r}")
     _require(0 in axes and len(set(axes)) == len(axes)
-             and all(a in (0, 1, 2, 3) for a in axes), "decoder.sigma_axes",
-             f"must be distinct axes of [batch, height, width, channel] including the "
-             f"batch axis 0 (one sigma per image is decoder.name="
-             f"'optimal_sigma_per_image'); got {axes}")
-  _require(dec.scale in decoders.SCALE_MODES, "decoder.scale",
-           f"must be one of {list(decoders.SCALE_MODES)}; got {dec.scale!r}")
+             and all(isinstance(a, int) and a >= 0 for a in axes), "decoder.sigma_axes",
+             f"must be distinct axes of the data ([batch, height, width, channel], or "
+             f"[batch, time, height, width, channel] for video) including the batch axis "
+             f"0 (one sigma per image is decoder.name='optimal_sigma_per_image'); got "
+             f"{axes}")
+  _require(dec.scale in likelihoods.SCALE_MODES, "decoder.scale",
+           f"must be one of {list(likelihoods.SCALE_MODES)}; got {dec.scale!r}")
   _require(0.0 <= dec.sigma_ema_decay < 1.0, "decoder.sigma_ema_decay",
            f"must be in [0, 1); got {dec.sigma_ema_decay}")
   _require(dec.num_mixtures >= 1, "decoder.num_mixtures",
@@ -67,12 +72,22 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
              f"must be below decoder.log_sigma_max ({dec.log_sigma_max}); got "
              f"{dec.log_sigma_min}")
 
-  _require(config.model.latent_dim >= 1, "model.latent_dim",
-           f"must be a positive integer; got {config.model.latent_dim}")
-  _require(config.model.base_channels >= 1, "model.base_channels",
-           f"must be a positive integer; got {config.model.base_channels}")
+  _require(config.model.name in models.MODELS, "model.name",
+           f"unknown model {config.model.name!r}; choose one of {sorted(models.MODELS)}")
+  try:
+    models.validate(config.model)
+  except ValueError as e:  # the message starts with the field's name
+    raise ConfigError(str(e)) from None
   _require(config.model.dtype in COMPUTE_DTYPES, "model.dtype",
            f"must be one of {COMPUTE_DTYPES}; got {config.model.dtype!r}")
+  _require(config.optimizer in OPTIMIZERS, "optimizer",
+           f"must be one of {OPTIMIZERS}; got {config.optimizer!r}")
+  for field in ("grad_clip_norm", "skip_update_grad_norm"):
+    _require(config[field] is None or config[field] > 0, field,
+             f"must be positive or None; got {config[field]}")
+  _require(config.ema_decay is None or 0.0 <= config.ema_decay < 1.0, "ema_decay",
+           f"must be in [0, 1) or None; got {config.ema_decay}")
+  _require(config.free_bits >= 0, "free_bits", f"must be >= 0; got {config.free_bits}")
 
   for field in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
                 "checkpoint_every_steps", "max_checkpoints_to_keep", "steps_per_call",
@@ -95,9 +110,10 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
   if size is not None:
     _require(len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size),
              "dataset.image_size", f"must be (height, width); got {size!r}")
-    _require(size[0] % 4 == 0 and size[1] % 4 == 0, "dataset.image_size",
-             f"the conv VAE downsamples twice by 2, so height and width must be "
-             f"multiples of 4; got {size[0]}x{size[1]}")
+    try:
+      models.validate_image_size(config.model, size)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   _require(0.0 < config.dataset.test_fraction < 1.0, "dataset.test_fraction",
            f"must be in (0, 1); got {config.dataset.test_fraction}")
 
@@ -119,3 +135,31 @@ def structural_differences(saved: dict, current: dict) -> list[str]:
   return [n for n in names
           if any(n == f or n.startswith(f + ".") for f in STRUCTURAL_FIELDS)
           and n not in COMPUTE_FIELDS and a.get(n) != b.get(n)]
+
+
+def upgrade_config_dict(saved: dict) -> dict:
+  """A config dict written by any version, in today's layout.
+
+  Earlier versions had no `model.name` (always the conv VAE) and spelled
+  `model.conv_impl` as three flags (`fast_encoder`, `fast_upsample`,
+  `fast_output`): all True is "fast", anything else "xla" (the same function).
+  """
+  saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+  model = saved.setdefault("model", {})
+  model.setdefault("name", models.DEFAULT_MODEL)
+  legacy = [model.pop(flag) for flag in _LEGACY_CONV_FLAGS if flag in model]
+  if legacy and "conv_impl" not in model:
+    model["conv_impl"] = "fast" if all(legacy) else "xla"
+  return saved
+
+
+def validate_sigma_axes(decoder_config, target_shape) -> None:
+  """decoder.sigma_axes against the rank of what the likelihood scores (known once
+  the model is built): raises ConfigError naming the field."""
+  axes = decoder_config.get("sigma_axes")
+  if axes is None:
+    return
+  rank = 1 + len(target_shape)
+  _require(max(axes) < rank, "decoder.sigma_axes",
+           f"the model's target is [batch, {', '.join(map(str, target_shape))}] "
+           f"(rank {rank}), so axes must be below {rank}; got {tuple(axes)}")

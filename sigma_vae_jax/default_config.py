@@ -9,6 +9,8 @@ Override anything on the command line: `--config.decoder.name=shared_sigma`.
 import ml_collections
 from ml_collections import config_dict
 
+from sigma_vae_jax.models import conv_vae
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -39,28 +41,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Frames per clip for video datasets (bair); None: 12.
   config.dataset.clip_length = config_dict.placeholder(int)
 
-  config.model = ml_collections.ConfigDict()
-  config.model.latent_dim = 20
-  # Channels of the first conv layer; doubled in each following layer (32, 64, 128).
-  config.model.base_channels = 32
-  # The networks' compute type: "float32" or "bfloat16" (for GPU/TPU; parameters,
-  # the posterior, the decoder outputs and the loss stay float32).
-  config.model.dtype = "float32"
-  # Compute the encoder's stride-2 convs' input gradients without lhs dilation and
-  # pad an odd number of input channels (RGB) to 4: the same function and gradients
-  # for the same parameters, ~2x faster encoder backward on XLA:CPU. Forward-mode
-  # autodiff (jax.jvp) of the model needs False.
-  config.model.fast_encoder = True
-  # Compute each stride-2 transposed conv as a 3x3 conv + depth-to-space: the same
-  # function for the same parameters, several times faster on XLA:CPU.
-  config.model.fast_upsample = True
-  # Compute the final conv on the 2x2 phases of the last upsampling (with
-  # fast_upsample), its kernel zero-padded from an odd number of outputs (3 for RGB)
-  # to a multiple of 4: the same function, ~2x faster on XLA:CPU.
-  config.model.fast_output = True
+  # The model family (`models.MODELS`) and its fields: the paper's small conv VAE.
+  # configs/*_hvae.py and configs/bair_svg*.py replace this section.
+  config.model = conv_vae.default_config()
 
   config.decoder = ml_collections.ConfigDict()
-  # One of decoders.DECODERS.
+  # The likelihood p(x|z), the paper's "decoder": one of likelihoods.LIKELIHOODS.
   config.decoder.name = "optimal_sigma"
   # KL weight, only for the `beta` decoder (the beta-VAE baseline).
   config.decoder.beta = config_dict.placeholder(float)
@@ -81,7 +67,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.decoder.scale = "optimal"
 
   config.batch_size = 64
+  # "adam" or "adamax" (the hierarchical VAE's default), at learning_rate.
+  config.optimizer = "adam"
   config.learning_rate = 1e-3
+  # Clip the global gradient norm to this before the update (None: no clipping).
+  config.grad_clip_norm = config_dict.placeholder(float)
+  # Skip (and count) updates whose gradient norm is above this (None: never), as
+  # deep-VAE codebases do against rare huge gradients.
+  config.skip_update_grad_norm = config_dict.placeholder(float)
+  # Evaluate an exponential moving average of the parameters with this decay
+  # (None: evaluate the raw parameters).
+  config.ema_decay = config_dict.placeholder(float)
+  # Free bits: nats per latent group below which its KL is not penalised, in
+  # training only (0: off); reported ELBOs never include it.
+  config.free_bits = 0.0
   config.num_train_steps = 1500
   config.log_every_steps = 50
   config.eval_every_steps = 500

@@ -1,13 +1,14 @@
 """Model-level evaluation of a trained VAE: ELBO, IWAE bound, rate decomposition
 (mutual information and marginal KL, paper Sec. 5.2), effective beta, FID.
 
-Every function takes a `train.Trainer` and a `train.TrainState` (e.g. from
-`load_run(workdir)`) and uint8 test images [N, H, W, C]; the per-batch work is
-jitted, batches are sharded over the trainer's mesh and the last batch is padded
-(and masked), so every function compiles once per batch size.
+Every function takes a `trainer.Trainer` and a `train_step.TrainState` (e.g. from
+`load_run(workdir)`) and uint8 test data [N, ...]; the per-batch work is the
+trainer's jitted passes through the model contract, batches are sharded over the
+trainer's mesh and the last batch is padded (and masked), so every function
+compiles once per batch size. Evaluation uses the EMA parameters when enabled.
 
 All log-likelihoods are in nats per example (summed over data dimensions), with the
-decoder's *evaluation* likelihood (`Decoder.eval_nll`: KL weight 1, the running
+likelihood's *evaluation* form (`Likelihood.eval_nll`: KL weight 1, the running
 average of sigma for the optimal sigma decoders; the `beta` decoder as the Gaussian
 with sigma^2 = beta).
 
@@ -26,18 +27,18 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 
 from sigma_vae_jax import checkpointing
-from sigma_vae_jax import decoders
+from sigma_vae_jax import configuration
 from sigma_vae_jax import default_config
 from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import losses
 from sigma_vae_jax import metrics
 from sigma_vae_jax import models
-from sigma_vae_jax import train
+from sigma_vae_jax import train_step
+from sigma_vae_jax import trainer as trainer_lib
 
 # Config fields saved as JSON lists that the code expects as tuples.
 _TUPLE_FIELDS = (("decoder", "sigma_axes"), ("dataset", "image_size"))
@@ -51,10 +52,14 @@ _TUPLE_FIELDS = (("decoder", "sigma_axes"), ("dataset", "image_size"))
 def config_from_json(path: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json -> ConfigDict (JSON lists back to tuples where needed).
 
-  Fields added to the defaults since the run was written take their defaults.
+  Configs of earlier versions are upgraded (`configuration.upgrade_config_dict`);
+  fields added to the defaults since the run was written take their defaults.
   """
   with open(path) as f:
-    d = _with_defaults(json.load(f), default_config.get_config().to_dict())
+    saved = configuration.upgrade_config_dict(json.load(f))
+  defaults = default_config.get_config().to_dict()
+  defaults["model"] = models.model_module(saved["model"]["name"]).default_config().to_dict()
+  d = _with_defaults(saved, defaults)
   for section, key in _TUPLE_FIELDS:
     value = d.get(section, {}).get(key)
     if isinstance(value, list):
@@ -72,7 +77,7 @@ def _with_defaults(saved: dict, defaults: dict) -> dict:
 
 
 def load_run(workdir: str, *, image_shape=None
-             ) -> tuple[ml_collections.ConfigDict, train.Trainer, train.TrainState]:
+             ) -> tuple[ml_collections.ConfigDict, trainer_lib.Trainer, train_step.TrainState]:
   """Rebuilds (config, trainer, state) from WORKDIR/config.json + the latest checkpoint.
 
   The trainer's mesh spans all devices. image_shape (H, W, C) defaults to the
@@ -87,14 +92,18 @@ def load_run(workdir: str, *, image_shape=None
   config = config_from_json(path)
   if image_shape is None:
     image_shape = input_pipeline.get_data_source(config.dataset).image_shape
-  mesh = Mesh(np.asarray(jax.devices()), (train.DATA_AXIS,))
-  trainer = train.Trainer(config, image_shape, mesh)
+  trainer = trainer_lib.Trainer(config, image_shape, trainer_lib.make_mesh())
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             config.max_checkpoints_to_keep)
+  template = trainer.init_state()
+  legacy = checkpointing.is_legacy_workdir(workdir)
   try:
-    state, step = checkpointer.restore_latest(trainer.init_state())
+    state, _ = checkpointer.restore_latest(
+        train_step.to_legacy_layout(template) if legacy else template)
   finally:
     checkpointer.close()
+  if state is not None and legacy:
+    state = train_step.from_legacy_layout(state, template)
   if state is None:
     raise checkpointing.CheckpointError(f"No checkpoint in {workdir}/checkpoints.")
   return config, trainer, jax.device_put(state, trainer.replicated)
@@ -111,35 +120,30 @@ def load_test_images(config, num_examples: Optional[int] = None) -> np.ndarray:
 # ----------------------------------------------------------------------------------
 
 
-def _batch_size_for(trainer: train.Trainer, batch_size: int) -> int:
+def _batch_size_for(trainer: trainer_lib.Trainer, batch_size: int) -> int:
   """Rounds up to a multiple of the number of devices (batches are sharded)."""
   n = trainer.mesh.devices.size
   return max(n, -(-batch_size // n) * n)
 
 
-def _batches(trainer, images: np.ndarray, batch_size: int):
-  """(sharded uint8 batch, mask numpy [b], number of valid rows) for each padded batch."""
+def _batches(trainer, data: np.ndarray, batch_size: int):
+  """(sharded uint8 batch, sharded mask, number of valid rows) for each padded batch."""
   batch_size = _batch_size_for(trainer, batch_size)
-  for images_b, mask in train._padded_batches(np.asarray(images), batch_size):
-    yield trainer._global(images_b, trainer.batch_sharding), mask, int(mask.sum())
-
-
-def _vae(trainer, state):
-  return {"params": state.params["vae"]}
-
-
-@functools.partial(jax.jit, static_argnames=("trainer",))
-def _encode(trainer, state, images):
-  x = input_pipeline.to_float(images)
-  return trainer.model.apply(_vae(trainer, state), x, method=models.VAE.encode)
+  for batch, mask in trainer_lib.padded_batches(np.asarray(data), batch_size):
+    yield trainer.shard_batch(batch), trainer.shard_batch(mask), int(mask.sum())
 
 
 def encode(trainer, state, images: np.ndarray, batch_size: int = 128
            ) -> tuple[np.ndarray, np.ndarray]:
-  """Posterior parameters of uint8 images: (mean [N, D], log_var [N, D])."""
+  """Posterior parameters of uint8 images: (mean [N, D], log_var [N, D]).
+
+  For models with one Gaussian latent group (`encode` in the model contract)."""
+  if not hasattr(trainer.model, "encode"):
+    raise ValueError(f"model {trainer.config.model.name!r} has no single Gaussian "
+                     f"latent group to encode (the rate decomposition needs one)")
   means, log_vars = [], []
   for batch, _, n in _batches(trainer, images, batch_size):
-    mean, log_var = jax.device_get(_encode(trainer, state, batch))
+    mean, log_var = jax.device_get(trainer.encode(state, batch))
     means.append(mean[:n])
     log_vars.append(log_var[:n])
   return np.concatenate(means), np.concatenate(log_vars)
@@ -160,7 +164,7 @@ def evaluate_elbo(trainer, state, images: np.ndarray, batch_size: int = 128
   For discrete decoders (`decoder.is_discrete`) nelbo is already the discrete one.
   """
   batch_size = _batch_size_for(trainer, batch_size)
-  return trainer.evaluate(state, train._padded_batches(np.asarray(images), batch_size))
+  return trainer.evaluate(state, trainer_lib.padded_batches(np.asarray(images), batch_size))
 
 
 # ----------------------------------------------------------------------------------
@@ -168,31 +172,14 @@ def evaluate_elbo(trainer, state, images: np.ndarray, batch_size: int = 128
 # ----------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("trainer", "num_samples"))
-def _log_weights(trainer, state, images, key, num_samples):
-  """log w = log p(x|z) + log p(z) - log q(z|x) for num_samples z ~ q(z|x): [K, B]."""
-  x = input_pipeline.to_float(images)
-  variables = _vae(trainer, state)
-  mean, log_var = trainer.model.apply(variables, x, method=models.VAE.encode)
-  z = metrics.sample_diag_gaussian(key, mean, log_var, num_samples)  # [K, B, D]
-  k, b = z.shape[:2]
-  out = trainer.model.apply(variables, z.reshape((k * b,) + z.shape[2:]),
-                            method=models.VAE.decode)
-  xk = jnp.broadcast_to(x[None], (k,) + x.shape).reshape((k * b,) + x.shape[1:])
-  dec = trainer.decoder.eval_nll(xk, out, state.params["decoder"], state.decoder_state)
-  log_px = -losses.sum_over_data_dims(dec.nll).reshape(k, b)
-  log_pz = metrics.standard_normal_log_prob(z)
-  log_qz = metrics.gaussian_log_prob(z, mean[None], log_var[None])
-  return log_px + log_pz - log_qz
-
-
 def iwae_log_weights(trainer, state, images: np.ndarray, num_samples: int,
                      batch_size: int, rng: jax.Array, chunk_size: int = 16) -> np.ndarray:
   """Importance log-weights [K, N] (nats) of uint8 images, K = num_samples.
 
-  Batch i draws its samples in chunks of `chunk_size`: chunk j uses the key
-  fold_in(fold_in(rng, i), j) and `metrics.sample_diag_gaussian(key, mean, log_var,
-  min(chunk_size, remaining))`.
+  log w = log p(x|z) + log p(z) - log q(z|x) summed over all latent groups
+  (`objectives.log_importance_weight`). Batch i draws its samples in chunks of
+  `chunk_size`: chunk j uses the key fold_in(fold_in(rng, i), j) for
+  `Trainer.log_importance_weights`.
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1; got {num_samples}")
@@ -202,7 +189,8 @@ def iwae_log_weights(trainer, state, images: np.ndarray, num_samples: int,
     chunks, done, j = [], 0, 0
     while done < num_samples:
       k = min(chunk_size, num_samples - done)
-      log_w = _log_weights(trainer, state, batch, jax.random.fold_in(batch_key, j), k)
+      log_w = trainer.log_importance_weights(state, batch,
+                                             jax.random.fold_in(batch_key, j), num_samples=k)
       chunks.append(np.asarray(jax.device_get(log_w), np.float64)[:, :n])
       done, j = done + k, j + 1
     columns.append(np.concatenate(chunks, axis=0))
@@ -215,7 +203,8 @@ def iwae_nll(trainer, state, images: np.ndarray, num_samples: int, batch_size: i
 
   -L_K with L_K = logsumexp_k log w_k - log K (Burda et al. 2016, `metrics.iwae_bound`):
   an upper bound on -log p(x) in expectation; K = 1 is the single-sample negative
-  ELBO (with the Monte Carlo KL) and E[-L_K] decreases with K.
+  ELBO (with the Monte Carlo KL, so its mean over draws is the ELBO) and E[-L_K]
+  decreases with K.
   """
   log_w = iwae_log_weights(trainer, state, images, num_samples, batch_size, rng,
                            chunk_size)
@@ -244,30 +233,13 @@ def rate_decomposition(trainer, state, images: np.ndarray, rng: jax.Array,
   """
   mean, log_var = encode(trainer, state, images, batch_size)
   mean, log_var = jnp.asarray(mean), jnp.asarray(log_var)
-  z = metrics.sample_diag_gaussian(rng, mean, log_var)
+  z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape, mean.dtype)
   return {k: float(v) for k, v in jax.device_get(_rate(z, mean, log_var)).items()}
 
 
 # ----------------------------------------------------------------------------------
 # Effective beta.
 # ----------------------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnames=("trainer",))
-def _log_sigma_sums(trainer, state, images, mask):
-  x = input_pipeline.to_float(images)
-  variables = _vae(trainer, state)
-  mean, _ = trainer.model.apply(variables, x, method=models.VAE.encode)
-  out = trainer.model.apply(variables, mean, method=models.VAE.decode)
-  dec = trainer.decoder.eval_nll(x, out, state.params["decoder"], state.decoder_state)
-  if dec.log_sigma is None:
-    return None
-  per_example = train._mean_log_sigma(dec.log_sigma, x)
-  return jnp.sum(per_example * mask.astype(per_example.dtype))
-
-
-# Decoders whose evaluation sigma does not depend on the data.
-_DATA_INDEPENDENT_SIGMA = (decoders.UnitGaussian, decoders.SharedSigma, decoders.OptimalSigma)
 
 
 def mean_log_sigma(trainer, state, images: Optional[np.ndarray] = None,
@@ -282,14 +254,13 @@ def mean_log_sigma(trainer, state, images: Optional[np.ndarray] = None,
   `evaluate_elbo`'s log_sigma uses a sampled z instead, so the two differ slightly).
   """
   if images is None:
-    if not isinstance(trainer.decoder, _DATA_INDEPENDENT_SIGMA):
-      raise ValueError(f"decoder {trainer.decoder.name!r} predicts sigma from the data: "
-                       f"pass images to get its mean log sigma")
-    images = np.zeros((1,) + trainer.image_shape, np.uint8)
+    if not trainer.likelihood.data_independent_sigma:
+      raise ValueError(f"decoder {trainer.likelihood.name!r} predicts sigma from the "
+                       f"data: pass images to get its mean log sigma")
+    images = np.zeros((1,) + trainer.data_shape, np.uint8)
   total, count = 0.0, 0
   for batch, mask, n in _batches(trainer, images, batch_size):
-    s = _log_sigma_sums(trainer, state, batch,
-                        trainer._global(mask, trainer.batch_sharding))
+    s = trainer.log_sigma_sums(state, batch, mask)
     if s is None:
       return None
     total += float(s)
@@ -324,27 +295,19 @@ def effective_beta_from_log_sigma(log_sigma: float) -> dict[str, float]:
 # ----------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("trainer",))
-def _decode_mean(trainer, state, z):
-  out = trainer.model.apply(_vae(trainer, state), z, method=models.VAE.decode)
-  return trainer.decoder.mean(out, state.params["decoder"], state.decoder_state)
-
-
 def prior_samples(trainer, state, num_samples: int, rng: jax.Array,
-                  batch_size: int = 128) -> np.ndarray:
-  """Decoder means of z ~ N(0, I): float32 [num_samples, H, W, C] in [0, 1]."""
+                  batch_size: int = 128, temperature: float = 1.0) -> np.ndarray:
+  """Likelihood means of num_samples prior draws: float32 [num_samples, ...] in [0, 1].
+
+  Batch i draws with key fold_in(rng, i); latent noise scaled by `temperature`."""
   batch_size = _batch_size_for(trainer, batch_size)
-  latent_dim = trainer.config.model.latent_dim
-  z = np.asarray(jax.random.normal(rng, (num_samples, latent_dim), jnp.float32))
-  images = []
-  for start in range(0, num_samples, batch_size):
-    chunk = z[start:start + batch_size]
-    n = len(chunk)
-    if n < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n, latent_dim), np.float32)])
-    out = _decode_mean(trainer, state, trainer._global(chunk, trainer.batch_sharding))
-    images.append(np.asarray(jax.device_get(out))[:n])
-  return np.concatenate(images)
+  samples = []
+  for i, start in enumerate(range(0, num_samples, batch_size)):
+    n = min(batch_size, num_samples - start)
+    out = trainer.sample(state, jax.random.fold_in(rng, i), num=batch_size,
+                         temperature=temperature)
+    samples.append(np.asarray(jax.device_get(out))[:n])
+  return np.concatenate(samples)
 
 
 @functools.lru_cache(maxsize=4)

@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sigma_vae_jax import metrics
 
 WEIGHTS_ENV_VAR = "SIGMA_VAE_INCEPTION_WEIGHTS"
 DEFAULT_WEIGHTS_PATH = os.path.join("~", ".cache", "sigma_vae_jax", "pt_inception.npz")
@@ -185,6 +184,18 @@ class FIDInceptionE(nn.Module):
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
+def to_rgb(images: jax.Array) -> jax.Array:
+  """[N,H,W] or [N,H,W,C] with C in {1,3} -> float32 [N,H,W,3]."""
+  x = jnp.asarray(images, dtype=jnp.float32)
+  if x.ndim == 3:
+    x = x[..., None]
+  if x.ndim != 4 or x.shape[-1] not in (1, 3):
+    raise ValueError(f"images must be [N,H,W], [N,H,W,1] or [N,H,W,3], got {x.shape}")
+  if x.shape[-1] == 1:
+    x = jnp.tile(x, (1, 1, 1, 3))
+  return x
+
+
 def preprocess(images) -> jax.Array:
   """Images [N,H,W], [N,H,W,1] or [N,H,W,3] in [0,1] -> [N,299,299,3] in [-1,1].
 
@@ -192,7 +203,7 @@ def preprocess(images) -> jax.Array:
   centres and no antialiasing, i.e. torch `F.interpolate(x, (299, 299),
   mode='bilinear', align_corners=False)` as used by pytorch-fid.
   """
-  x = metrics.to_rgb(images)
+  x = to_rgb(images)
   if x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
     x = jax.image.resize(x, (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3), method="bilinear", antialias=False)
   return 2.0 * x - 1.0

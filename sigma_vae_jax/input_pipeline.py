@@ -33,6 +33,7 @@ Optional `config.dataset` fields read here (with their defaults when absent):
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from typing import Any, Iterator, Sequence
 
@@ -42,14 +43,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-# Keep TensorFlow (tf.data, image decoding) off the accelerators: JAX owns them.
-try:
-  tf.config.experimental.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):  # Already initialised (e.g. imported twice).
-  pass
 
-# Registers the builders `synthetic_shapes` and `frey_face` with TFDS.
-from sigma_vae_jax import datasets as _datasets  # pylint: disable=g-import-not-at-top
+
+def prepare_tensorflow() -> None:
+  """Done once, when data is first read (never at import):
+
+  * keeps TensorFlow (tf.data, image decoding) off the accelerators JAX owns;
+  * registers this package's TFDS builders (`synthetic_shapes`, `frey_face`).
+  """
+  try:
+    tf.config.experimental.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):  # TensorFlow already initialised its devices.
+    pass
+  importlib.import_module("sigma_vae_jax.datasets")  # Registers the builders.
 
 DATASETS: tuple[str, ...] = (
     "synthetic_shapes", "numpy", "folder", "mnist", "svhn", "cifar10", "celeba",
@@ -670,6 +676,7 @@ def _make_builder(name: str, spec: _TfdsSpec, cfg):
 
 def get_data_source(dataset_config) -> DataSource:
   """The `DataSource` of `config.dataset`, preparing TFDS datasets on first use."""
+  prepare_tensorflow()
   name = _get(dataset_config, "name", None)
   if name not in DATASETS:
     raise ValueError(f"Unknown `dataset.name`={name!r}; known datasets: "

@@ -59,6 +59,10 @@ class Likelihood:
   kl_weight: float = 1.0
   # Whether the likelihood is over the 256 discrete levels (its ELBO is discrete).
   is_discrete: bool = False
+  # Whether its state holds a running average of sigma*^2 (`running_log_sigma`).
+  has_running_sigma: bool = False
+  # Whether its evaluation sigma is one value (or array) independent of the data.
+  data_independent_sigma: bool = False
 
   def num_outputs(self, channels: int) -> int:
     return channels
@@ -140,6 +144,7 @@ class _GaussianFamily(Likelihood):
 class UnitGaussian(_GaussianFamily):
   """N(mean, 1): the MSE loss of most prior work (paper Eq. 2)."""
   name = "gaussian"
+  data_independent_sigma = True
 
   def _log_sigma(self, x, mean, out, params, state, train):
     return jnp.zeros((), mean.dtype), None
@@ -177,6 +182,7 @@ class BetaGaussian(UnitGaussian):
 class SharedSigma(_GaussianFamily):
   """One log sigma for all pixels and images, learned by gradient descent."""
   name = "shared_sigma"
+  data_independent_sigma = True
 
   def init_params(self):
     return {"log_sigma": jnp.zeros((), jnp.float32)}
@@ -198,6 +204,8 @@ class OptimalSigma(_GaussianFamily):
   The running average then holds one variance per non-averaged position.
   """
   name = "optimal_sigma"
+  has_running_sigma = True
+  data_independent_sigma = True
 
   def __init__(self, ema_decay: float, axes: Optional[tuple[int, ...]] = None):
     self.ema_decay = float(ema_decay)
@@ -416,6 +424,7 @@ class _Discretized(OptimalSigma):
   def __init__(self, scale: str, ema_decay: float):
     super().__init__(ema_decay)
     self.learned = scale == "learned"
+    self.has_running_sigma = not self.learned
 
   def init_params(self):
     return {"log_sigma": jnp.zeros((), jnp.float32)} if self.learned else {}

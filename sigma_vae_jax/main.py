@@ -26,9 +26,6 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Orbax and TFDS log every file they touch at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
-  # TensorFlow only feeds data here; keep it off the accelerators JAX uses.
-  import tensorflow as tf
-  tf.config.experimental.set_visible_devices([], "GPU")
   import jax
   if FLAGS.multihost:
     jax.distributed.initialize()

@@ -1,4 +1,4 @@
-"""Evaluation math: Gaussian log-densities, IWAE bound, mutual information and
+"""Evaluation math: IWAE bound, mutual information and
 marginal KL (paper Sec. 5.2), and Frechet distances (FID).
 
 All densities are in nats. The functions on JAX arrays are pure, batched and
@@ -26,6 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sigma_vae_jax import inception
+from sigma_vae_jax import losses
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 Array = jax.Array
@@ -34,38 +37,6 @@ Array = jax.Array
 # ----------------------------------------------------------------------------
 # Gaussian log-densities and KL.
 # ----------------------------------------------------------------------------
-
-
-def gaussian_log_prob(z: Array, mean: Array, log_var: Array) -> Array:
-  """log N(z; mean, diag(exp(log_var))), summed over the last axis (nats).
-
-  Inputs broadcast against each other; the result has the broadcast shape
-  without its last axis.
-  """
-  z = jnp.asarray(z)
-  sq = jnp.square(z - mean) * jnp.exp(-log_var)
-  return -0.5 * jnp.sum(LOG_2PI + log_var + sq, axis=-1)
-
-
-def standard_normal_log_prob(z: Array) -> Array:
-  """log N(z; 0, I), summed over the last axis (nats)."""
-  z = jnp.asarray(z)
-  return -0.5 * jnp.sum(LOG_2PI + jnp.square(z), axis=-1)
-
-
-def gaussian_kl_to_standard_normal(mean: Array, log_var: Array) -> Array:
-  """Closed-form KL(N(mean, diag exp(log_var)) || N(0, I)), summed over the last axis."""
-  return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(log_var) - 1.0 - log_var, axis=-1)
-
-
-def sample_diag_gaussian(key: Array, mean: Array, log_var: Array, num_samples: Optional[int] = None) -> Array:
-  """Reparameterised samples z = mean + exp(log_var / 2) * eps.
-
-  With `num_samples=K` the result has a leading axis K: [K, *mean.shape].
-  """
-  shape = mean.shape if num_samples is None else (num_samples,) + mean.shape
-  eps = jax.random.normal(key, shape, dtype=mean.dtype)
-  return mean + jnp.exp(0.5 * log_var) * eps
 
 
 # ----------------------------------------------------------------------------
@@ -160,13 +131,13 @@ def mutual_information_and_marginal_kl(
   mutual_information + marginal_kl ~= average_kl up to Monte Carlo error.
   """
   n = mean.shape[0]
-  log_q_own = gaussian_log_prob(z, mean, log_var)  # [N]
+  log_q_own = losses.gaussian_log_prob(z, mean, log_var).sum(-1)  # [N]
   log_m = log_aggregate_posterior(z, mean, log_var, batch_size=batch_size)  # [N]
-  log_p = standard_normal_log_prob(z)  # [N]
+  log_p = losses.gaussian_log_prob(z).sum(-1)  # [N]
   return {
       "mutual_information": jnp.mean(log_q_own - log_m),
       "marginal_kl": jnp.mean(log_m - log_p),
-      "average_kl": jnp.mean(gaussian_kl_to_standard_normal(mean, log_var)),
+      "average_kl": jnp.mean(losses.gaussian_kl(mean, log_var).sum(-1)),
       "log_n": jnp.asarray(math.log(n), dtype=log_q_own.dtype),
   }
 
@@ -225,18 +196,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 # ----------------------------------------------------------------------------
 
 
-def to_rgb(images: Array) -> Array:
-  """[N,H,W] or [N,H,W,C] with C in {1,3} -> float32 [N,H,W,3]."""
-  x = jnp.asarray(images, dtype=jnp.float32)
-  if x.ndim == 3:
-    x = x[..., None]
-  if x.ndim != 4 or x.shape[-1] not in (1, 3):
-    raise ValueError(f"images must be [N,H,W], [N,H,W,1] or [N,H,W,3], got {x.shape}")
-  if x.shape[-1] == 1:
-    x = jnp.tile(x, (1, 1, 1, 3))
-  return x
-
-
 def random_feature_fn(
     seed: int = 0,
     dim: int = 256,
@@ -281,7 +240,7 @@ def random_feature_fn(
 @functools.partial(jax.jit, static_argnames=("resolution",))
 def _random_network(weights, projection, images, *, resolution):
   """The network of `random_feature_fn`; weights are arguments so seeds share one compile."""
-  x = to_rgb(images)
+  x = inception.to_rgb(images)
   if x.shape[1:3] != (resolution, resolution):
     x = jax.image.resize(x, (x.shape[0], resolution, resolution, 3), method="bilinear", antialias=True)
   x = 2.0 * x - 1.0
@@ -310,7 +269,6 @@ def make_feature_fn(fid_kind: str = "random", **kwargs) -> Callable[[Array], Arr
   if fid_kind == "random":
     return random_feature_fn(**kwargs)
   if fid_kind == "inception":
-    from sigma_vae_jax import inception  # Lazy: big module, needs weights.
 
     params = inception.load_params(kwargs.pop("weights_path", None))
     return inception.inception_feature_fn(params, **kwargs)

@@ -191,7 +191,7 @@ def evaluate_run(workdir: str, settings: EvalSettings) -> dict[str, float]:
     if settings.elbo:
       elbo = evaluate.evaluate_elbo(trainer, state, images, bs)
       out.update({k: v for k, v in elbo.items() if k != "num_examples"})
-      if trainer.decoder.is_discrete:
+      if trainer.likelihood.is_discrete:
         out["nelbo_discrete"], out["bpd_discrete"] = out["nelbo"], out["bpd"]
     beta = evaluate.effective_beta(trainer, state, images, bs)
     if beta is not None:
@@ -490,12 +490,6 @@ def prepare_config(config) -> ml_collections.ConfigDict:
       "eval_every_steps": min(config.eval_every_steps, n),
       "checkpoint_every_steps": min(config.checkpoint_every_steps, n),
       "log_every_steps": min(config.log_every_steps, log_every)})
-
-
-def hide_gpus_from_tensorflow() -> None:
-  """TensorFlow only reads data here; keep it off the accelerators JAX uses."""
-  import tensorflow as tf
-  tf.config.experimental.set_visible_devices([], "GPU")
 
 
 def beta_grid_variants(betas: Sequence[float], sigma_decoders: Sequence[str]

@@ -31,6 +31,8 @@ def test_benchmark_prints_one_json_line_with_the_expected_keys():
   assert result["eval_images_per_sec"] > 0 and result["device_train_images_per_sec"] > 0
   assert result["device_train_seconds"] > 0
   assert result["device_train_epochs"] == 2 * 8 / 32  # steps x batch / images
+  # conv_impl=auto picks the fast kernels on CPU.
+  assert result["model"] == "conv_vae"
   assert result["model_algorithms"] == {
       "fast_encoder": True, "fast_upsample": True, "fast_output": True}
   assert result["backend"] == "cpu" and result["devices"] >= 1

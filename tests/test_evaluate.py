@@ -18,6 +18,7 @@ from sigma_vae_jax import losses
 from sigma_vae_jax import metrics
 from sigma_vae_jax import models
 from sigma_vae_jax import train
+from sigma_vae_jax import trainer as trainer_lib
 
 NUM_EVAL = 64
 
@@ -57,7 +58,7 @@ def test_load_run_round_trip(trained):
   workdir, config, trainer, state, images = trained
   assert int(state.step) == config.num_train_steps
   assert config.decoder.name == "optimal_sigma"
-  assert trainer.image_shape == (32, 32, 3)
+  assert trainer.data_shape == (32, 32, 3)
   # The restored state evaluates to what training logged at its last evaluation.
   rows = [r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
           if r["split"] == "eval"]
@@ -70,13 +71,29 @@ def test_load_run_round_trip(trained):
 
 def test_a_run_saved_before_a_config_field_existed_loads_with_its_default(tmp_path):
   config = cli_utils.tiny_config(None, **{"model.latent_dim": 3}).to_dict()
-  del config["model"]["dtype"], config["model"]["fast_encoder"]
+  del config["model"]["dtype"], config["optimizer"]
   path = os.path.join(str(tmp_path), "config.json")
   with open(path, "w") as f:
     json.dump(config, f)
   loaded = evaluate.config_from_json(path)
   assert loaded.model.latent_dim == 3
-  assert loaded.model.dtype == "float32" and loaded.model.fast_encoder is True
+  assert loaded.model.dtype == "float32" and loaded.optimizer == "adam"
+
+
+@pytest.mark.parametrize("flags, conv_impl", [((True, True, True), "fast"),
+                                              ((True, False, True), "xla")])
+def test_a_config_of_the_version_before_the_model_contract_loads(tmp_path, flags, conv_impl):
+  # Earlier config.json files had no model.name and three fast_* flags.
+  config = cli_utils.tiny_config(None, **{"model.latent_dim": 3}).to_dict()
+  del config["model"]["name"], config["model"]["conv_impl"]
+  for name, value in zip(("fast_encoder", "fast_upsample", "fast_output"), flags):
+    config["model"][name] = value
+  path = os.path.join(str(tmp_path), "config.json")
+  with open(path, "w") as f:
+    json.dump(config, f)
+  loaded = evaluate.config_from_json(path)
+  assert loaded.model.name == "conv_vae" and loaded.model.conv_impl == conv_impl
+  assert "fast_encoder" not in loaded.model
 
 
 def test_load_run_errors(tmp_path):
@@ -107,15 +124,16 @@ def test_iwae_k1_equals_single_sample_elbo(trained):
   got = evaluate.iwae_nll(trainer, state, batch, num_samples=1, batch_size=16, rng=rng)
 
   x = input_pipeline.to_float(batch)
-  variables = {"params": state.params["vae"]}
-  mean, log_var = trainer.model.apply(variables, x, method=models.VAE.encode)
-  key = jax.random.fold_in(jax.random.fold_in(rng, 0), 0)  # batch 0, chunk 0
-  eps = jax.random.normal(key, (1,) + mean.shape)[0]
+  variables = {"params": state.params["model"]}
+  mean, log_var = trainer.model.apply(variables, x, method="encode")
+  # Batch 0, chunk 0, draw 0 of the chunk.
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(rng, 0), 0), 0)
+  eps = jax.random.normal(key, mean.shape)
   z = mean + jnp.exp(0.5 * log_var) * eps
-  out = trainer.model.apply(variables, z, method=models.VAE.decode)
-  dec = trainer.decoder.eval_nll(x, out, state.params["decoder"], state.decoder_state)
+  out = trainer.model.apply(variables, z, method="decode")
+  dec = trainer.likelihood.eval_nll(x, out, state.params["likelihood"], state.likelihood_state)
   rec = losses.sum_over_data_dims(dec.nll)
-  kl_mc = metrics.gaussian_log_prob(z, mean, log_var) - metrics.standard_normal_log_prob(z)
+  kl_mc = (losses.gaussian_log_prob(z, mean, log_var) - losses.gaussian_log_prob(z)).sum(-1)
   np.testing.assert_allclose(got, np.asarray(rec + kl_mc), rtol=1e-4, atol=1e-2)
   # Its average over z is the ELBO with the closed-form KL: same rec, KL in expectation.
   assert got.shape == (16,)
@@ -154,7 +172,7 @@ def test_rate_decomposition_of_an_ignored_latent_is_zero():
   """An encoder that outputs the prior for every x: MI = marginal KL = 0."""
   n, d = 300, 3
   mean, log_var = jnp.zeros((n, d)), jnp.zeros((n, d))
-  z = metrics.sample_diag_gaussian(jax.random.PRNGKey(0), mean, log_var)
+  z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(jax.random.PRNGKey(0), mean.shape)
   r = evaluate._rate(z, mean, log_var)
   np.testing.assert_allclose(float(r["mutual_information"]), 0.0, atol=1e-5)
   np.testing.assert_allclose(float(r["marginal_kl"]), 0.0, atol=1e-5)
@@ -163,16 +181,16 @@ def test_rate_decomposition_of_an_ignored_latent_is_zero():
 def test_effective_beta(trained, data_dir):
   _, _, trainer, state, images = trained
   beta = evaluate.effective_beta(trainer, state)
-  expected = float(trainer.decoder.running_log_sigma(state.decoder_state))
+  expected = float(trainer.likelihood.running_log_sigma(state.likelihood_state))
   np.testing.assert_allclose(beta["log_sigma"], expected, rtol=1e-5)
   np.testing.assert_allclose(beta["effective_beta"], math.exp(2 * expected), rtol=1e-5)
   np.testing.assert_allclose(beta["effective_beta_paper"], 2 * beta["effective_beta"])
   # The beta decoder's sigma is sqrt(beta); per-image sigma needs the data.
   mesh = trainer.mesh
-  t_beta = train.Trainer(tiny_config(data_dir, "beta", beta=0.04), (32, 32, 3), mesh)
+  t_beta = trainer_lib.Trainer(tiny_config(data_dir, "beta", beta=0.04), (32, 32, 3), mesh)
   b = evaluate.effective_beta(t_beta, t_beta.init_state())
   np.testing.assert_allclose(b["effective_beta"], 0.04, rtol=1e-5)
-  t_img = train.Trainer(tiny_config(data_dir, "optimal_sigma_per_image"), (32, 32, 3), mesh)
+  t_img = trainer_lib.Trainer(tiny_config(data_dir, "optimal_sigma_per_image"), (32, 32, 3), mesh)
   s_img = t_img.init_state()
   with pytest.raises(ValueError, match="pass images"):
     evaluate.effective_beta(t_img, s_img)
@@ -180,7 +198,7 @@ def test_effective_beta(trained, data_dir):
   ev = evaluate.evaluate_elbo(t_img, s_img, images[:20], batch_size=16)
   # effective_beta decodes the posterior mean, evaluation a sampled z: close.
   np.testing.assert_allclose(per_image["log_sigma"], ev["log_sigma"], rtol=0.05)
-  t_cat = train.Trainer(tiny_config(data_dir, "bernoulli"), (32, 32, 3), mesh)
+  t_cat = trainer_lib.Trainer(tiny_config(data_dir, "bernoulli"), (32, 32, 3), mesh)
   assert evaluate.effective_beta(t_cat, t_cat.init_state(), images[:16]) is None
 
 

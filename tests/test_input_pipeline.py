@@ -67,7 +67,7 @@ def test_config_data_source_under_mock_data(filename, args, name, shape, num_moc
     source = ip.get_data_source(config.dataset)
     assert source.name == name
     assert source.image_shape == shape
-    models.validate_image_shape(source.image_shape)
+    models.validate(config.model, source.image_shape)
     test = source.load_split("test")
     assert test.dtype == np.uint8 and test.shape == (source.num_examples["test"],) + shape
     batches = _take(source.batch_iterator(

@@ -12,43 +12,6 @@ from sigma_vae_jax import metrics
 
 
 # ----------------------------------------------------------------------------
-# Gaussian log-densities.
-# ----------------------------------------------------------------------------
-
-
-def test_gaussian_log_prob_matches_scipy():
-  rng = np.random.default_rng(0)
-  d = 4
-  mean = rng.normal(size=(3, d))
-  log_var = rng.uniform(-2, 1, size=(3, d))
-  z = rng.normal(size=(5, 3, d))  # Broadcasts against [3, d].
-  got = np.asarray(metrics.gaussian_log_prob(jnp.asarray(z), jnp.asarray(mean), jnp.asarray(log_var)))
-  assert got.shape == (5, 3)
-  for b in range(3):
-    mvn = stats.multivariate_normal(mean[b], np.diag(np.exp(log_var[b])))
-    np.testing.assert_allclose(got[:, b], mvn.logpdf(z[:, b]), rtol=1e-5, atol=1e-4)
-  ref = stats.norm.logpdf(z, mean, np.exp(0.5 * log_var)).sum(-1)
-  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
-
-
-def test_standard_normal_log_prob_matches_scipy():
-  z = np.random.default_rng(1).normal(size=(7, 6)) * 2
-  got = np.asarray(metrics.standard_normal_log_prob(jnp.asarray(z)))
-  ref = stats.multivariate_normal(np.zeros(6), np.eye(6)).logpdf(z)
-  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
-
-
-def test_kl_to_standard_normal_matches_scipy_integral():
-  mean, log_var = 0.7, -0.9
-  s = math.exp(0.5 * log_var)
-  q = stats.norm(mean, s)
-  from scipy import integrate
-  ref, _ = integrate.quad(lambda z: q.pdf(z) * (q.logpdf(z) - stats.norm.logpdf(z)), -15, 15)
-  got = float(metrics.gaussian_kl_to_standard_normal(jnp.array([mean]), jnp.array([log_var])))
-  assert got == pytest.approx(ref, rel=1e-5)
-
-
-# ----------------------------------------------------------------------------
 # IWAE bound.
 # ----------------------------------------------------------------------------
 

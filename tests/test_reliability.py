@@ -15,7 +15,9 @@ import pytest
 from jax.sharding import Mesh
 
 from sigma_vae_jax import checkpointing
+from sigma_vae_jax import evaluate
 from sigma_vae_jax import train
+from sigma_vae_jax import trainer as trainer_lib
 import cli_utils
 
 RUN = {"num_train_steps": 40, "eval_every_steps": 20, "checkpoint_every_steps": 4,
@@ -24,7 +26,7 @@ RUN = {"num_train_steps": 40, "eval_every_steps": 20, "checkpoint_every_steps": 
 
 def _final_state(workdir, data_dir, **overrides):
   config = cli_utils.tiny_config(data_dir, **{**RUN, **overrides})
-  trainer = train.Trainer(config, (32, 32, 3), Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+  trainer = trainer_lib.Trainer(config, (32, 32, 3), Mesh(np.asarray(jax.devices()[:1]), ("data",)))
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), 3)
   state, step = checkpointer.restore_latest(trainer.init_state())
   checkpointer.close()
@@ -153,8 +155,7 @@ def test_a_workdir_of_another_decoder_is_refused_naming_the_fields(tmp_path):
   checkpointing.check_workdir_config(workdir, longer, has_checkpoints=True)
   # So may the way the same networks are computed (same parameters).
   recomputed = cli_utils.tiny_config(None, **{
-      "model.dtype": "bfloat16", "model.fast_encoder": False,
-      "model.fast_upsample": False, "model.fast_output": False}).to_dict()
+      "model.dtype": "bfloat16", "model.conv_impl": "xla"}).to_dict()
   checkpointing.check_workdir_config(workdir, recomputed, has_checkpoints=True)
 
 
@@ -180,3 +181,32 @@ def test_a_second_signal_exits_at_once(monkeypatch):
     assert preemption.requested == signal.SIGTERM and not exits
     os.kill(os.getpid(), signal.SIGTERM)
     assert exits == [128 + signal.SIGTERM]
+
+
+LEGACY_WORKDIR = os.path.join(os.path.dirname(__file__), "data", "legacy_workdir_v0_1")
+
+
+def test_a_workdir_written_before_the_model_contract_resumes_where_it_left_off(tmp_path):
+  """A real workdir of sigma_vae_jax 0.1 (params {"vae", "decoder"}, no model.name),
+  stopped at step 4, resumes to step 8 with the metrics that version logged when
+  it resumed the same workdir (tests/data/legacy_workdir_v0_1)."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(LEGACY_WORKDIR, workdir)
+  images = os.path.join(workdir, "images.npy")
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  saved["dataset"]["path"] = images
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(saved, f)
+  config = evaluate.config_from_json(os.path.join(workdir, "config.json"))
+  config.num_train_steps = 8
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(LEGACY_WORKDIR, "expected_steps_5_to_8.json")) as f:
+    expected = json.load(f)["rows"]
+  got = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  got = {(r["step"], r["split"]): r for r in got if r["step"] > 4}
+  for row in expected:
+    ours = got[(row["step"], row["split"])]
+    for key, value in row.items():
+      if key not in ("step", "split"):
+        np.testing.assert_allclose(ours[key], value, rtol=1e-5, err_msg=key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 
@@ -35,9 +35,20 @@ def build_model(model_config, data_shape: Sequence[int], num_outputs: int) -> nn
   return model_module(model_config.name).build(model_config, tuple(data_shape), num_outputs)
 
 
-def validate(model_config, data_shape: Sequence[int]) -> None:
-  """Raises ValueError (naming the config field) if the model cannot take this data."""
-  model_module(model_config.name).validate(model_config, tuple(data_shape))
+def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
+  """Raises ValueError, its message starting with the config field at fault, if the
+  model's fields are invalid or (given one example's `data_shape`) it cannot take
+  this data."""
+  model_module(model_config.name).validate(
+      model_config, None if data_shape is None else tuple(data_shape))
+
+
+def validate_image_size(model_config, size: Sequence[int]) -> None:
+  """Checks a configured dataset.image_size (H, W) before any data is read, for
+  models that constrain it (`validate_image_size` in their module)."""
+  check = getattr(model_module(model_config.name), "validate_image_size", None)
+  if check is not None:
+    check(model_config, tuple(size))
 
 
 __all__ = ["MODELS", "DEFAULT_MODEL", "LatentGroup", "ModelOutput", "build_model",

@@ -20,9 +20,11 @@ Methods (all outputs float32; `x` is the float input batch in [0, 1]):
 Optional, for models with one Gaussian latent group and a N(0, I) prior:
 * `encode(x) -> (mean, log_var)`, each [B, latent_dim] (rate decomposition).
 
-A module-level `build(model_config, data_shape, num_outputs)` returns the module,
-`validate(model_config, data_shape)` raises `ValueError` naming the config field
-at fault, and `default_config()` returns the `config.model` section of its fields.
+A model's Python module provides `build(model_config, data_shape, num_outputs)` (the
+Flax module), `validate(model_config, data_shape=None)` (raises `ValueError` whose
+message starts with the config field at fault; without `data_shape` it checks the
+fields alone, at start-up), `default_config()` (the `config.model` section, with
+`name`) and, optionally, `validate_image_size(model_config, (H, W))`.
 """
 
 from __future__ import annotations

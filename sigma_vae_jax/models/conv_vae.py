@@ -56,20 +56,9 @@ def resolve_conv_impl(conv_impl: str, platform: Optional[str] = None) -> str:
   return "fast" if (platform or jax.default_backend()) == "cpu" else "xla"
 
 
-def validate(model_config, data_shape: Sequence[int]) -> None:
-  """Raises ValueError naming the config field if the VAE cannot take `data_shape`."""
-  if len(data_shape) != 3:
-    raise ValueError(f"dataset: the conv VAE takes images (H, W, C); got examples of "
-                     f"shape {tuple(data_shape)}")
-  h, w, c = data_shape
-  if h % 4 or w % 4 or h < 4 or w < 4:
-    suggestion = (max(4, round(h / 4) * 4), max(4, round(w / 4) * 4))
-    raise ValueError(
-        f"dataset.image_size: the conv VAE downsamples twice by 2, so height and "
-        f"width must be positive multiples of 4; got {h}x{w}. Set dataset.image_size "
-        f"to e.g. {suggestion} (images are resized on the host).")
-  if c < 1:
-    raise ValueError(f"images need at least one channel; got {c}")
+def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
+  """Raises ValueError, its message starting with the config field at fault, if the
+  fields are invalid or (given `data_shape`, one example) the VAE cannot take it."""
   if model_config.latent_dim < 1:
     raise ValueError(f"model.latent_dim: must be a positive integer; got "
                      f"{model_config.latent_dim}")
@@ -79,6 +68,26 @@ def validate(model_config, data_shape: Sequence[int]) -> None:
   if model_config.conv_impl not in CONV_IMPLS:
     raise ValueError(f"model.conv_impl: must be one of {CONV_IMPLS}; got "
                      f"{model_config.conv_impl!r}")
+  if data_shape is None:
+    return
+  if len(data_shape) != 3:
+    raise ValueError(f"dataset.name: the conv VAE takes images (H, W, C); got examples "
+                     f"of shape {tuple(data_shape)}")
+  validate_image_size(model_config, data_shape[:2])
+  if data_shape[2] < 1:
+    raise ValueError(f"dataset.name: images need at least one channel; got {data_shape[2]}")
+
+
+def validate_image_size(model_config, size: Sequence[int]) -> None:
+  """The conv VAE downsamples twice by 2: (H, W) must be positive multiples of 4."""
+  del model_config
+  h, w = size
+  if h % 4 or w % 4 or h < 4 or w < 4:
+    suggestion = (max(4, round(h / 4) * 4), max(4, round(w / 4) * 4))
+    raise ValueError(
+        f"dataset.image_size: the conv VAE downsamples twice by 2, so height and "
+        f"width must be positive multiples of 4; got {h}x{w}. Set dataset.image_size "
+        f"to e.g. {suggestion} (images are resized on the host).")
 
 
 def build(model_config, data_shape: Sequence[int], num_outputs: int) -> "ConvVAE":

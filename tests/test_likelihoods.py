@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sigma_vae_jax import decoders
+from sigma_vae_jax import likelihoods
 from sigma_vae_jax import losses
 from configs import default as default_config
 
@@ -21,7 +21,7 @@ def _decoder(name, **overrides):
     config.beta = 0.3
   for key, value in overrides.items():
     config[key] = value
-  return decoders.get_decoder(config)
+  return likelihoods.get_likelihood(config)
 
 
 def _outputs(decoder, shape=(2, 4, 4, 3), seed=0, scale=2.0):
@@ -80,7 +80,7 @@ def test_logistic_mixture_mean_and_normalisation_single_channel():
   np.testing.assert_allclose(mean, expected, atol=2e-3)
 
 
-@pytest.mark.parametrize("name", sorted(decoders.DECODERS))
+@pytest.mark.parametrize("name", sorted(likelihoods.LIKELIHOODS))
 def test_samples_and_means_are_images_in_unit_range(name):
   decoder = _decoder(name)
   out = _outputs(decoder)
@@ -122,7 +122,7 @@ def test_optimal_sigma_uses_batch_sigma_in_training_and_running_average_in_eval(
   state = decoder.update_state(state, result)
   np.testing.assert_allclose(np.exp(2 * decoder.running_log_sigma(state)), mse, rtol=1e-5)
   # ...and is the decay-weighted mean of the estimates after two.
-  second = decoders.DecoderOutput(result.nll, None, jnp.asarray(4 * mse, jnp.float32))
+  second = likelihoods.LikelihoodOutput(result.nll, None, jnp.asarray(4 * mse, jnp.float32))
   state = decoder.update_state(state, second)
   expected = (0.9 * 0.1 * mse + 0.1 * 4 * mse) / (1 - 0.81)
   np.testing.assert_allclose(np.exp(2 * decoder.running_log_sigma(state)), expected,
@@ -153,7 +153,7 @@ def test_unknown_decoder_lists_the_known_ones():
   config = default_config.get_config().decoder
   config.name = "gaussain"
   with pytest.raises(ValueError, match="decoder.name.*optimal_sigma"):
-    decoders.get_decoder(config)
+    likelihoods.get_likelihood(config)
 
 
 @pytest.mark.parametrize("axes,num_params", [(None, 1), ((0,), 4 * 4 * 3), ((0, 3), 16),
@@ -173,3 +173,41 @@ def test_partially_shared_optimal_sigma_averages_over_the_given_axes(axes, num_p
   np.testing.assert_allclose(
       np.broadcast_to(np.exp(2 * decoder.running_log_sigma(state)), squared.shape),
       np.broadcast_to(expected, squared.shape), rtol=1e-5)
+
+
+# ---- the data's rank: clips [B, T, H, W, C] --------------------------------------------
+
+
+def test_per_image_sigma_on_clips_is_one_sigma_per_clip():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(3, 4, 5, 6, 2)).astype(np.float32)
+  out = rng.normal(size=x.shape).astype(np.float32)
+  mean = 1 / (1 + np.exp(-out.astype(np.float64)))
+  lik = _decoder("optimal_sigma_per_image")
+  result = lik.nll(jnp.asarray(x), jnp.asarray(out), {}, lik.init_state(), train=True)
+  mse = ((x - mean) ** 2).reshape(3, -1).mean(1)  # over time, pixels and channels
+  np.testing.assert_allclose(np.asarray(result.log_sigma).reshape(3),
+                             0.5 * np.log(mse), rtol=1e-5)
+
+
+def test_sigma_axes_per_frame_on_clips_and_the_running_average_shape():
+  rng = np.random.default_rng(1)
+  x = rng.uniform(size=(3, 4, 5, 6, 2)).astype(np.float32)
+  out = rng.normal(size=x.shape).astype(np.float32)
+  mean = 1 / (1 + np.exp(-out.astype(np.float64)))
+  lik = _decoder("optimal_sigma", sigma_axes=(0, 2, 3, 4))
+  state = lik.init_state((4, 5, 6, 2))
+  assert state["variance_ema"].shape == (1, 4, 1, 1, 1)  # one sigma per frame
+  result = lik.nll(jnp.asarray(x), jnp.asarray(out), {}, state, train=True)
+  per_frame = ((x - mean) ** 2).mean(axis=(0, 2, 3, 4))
+  np.testing.assert_allclose(np.asarray(result.log_sigma).reshape(4),
+                             0.5 * np.log(per_frame), rtol=1e-5)
+
+
+def test_sigma_axes_beyond_the_targets_rank_are_refused_naming_the_field():
+  from sigma_vae_jax import configuration
+  config = default_config.get_config().decoder
+  config.sigma_axes = (0, 4)
+  with pytest.raises(configuration.ConfigError, match="decoder.sigma_axes"):
+    configuration.validate_sigma_axes(config, (8, 8, 3))
+  configuration.validate_sigma_axes(config, (2, 8, 8, 3))  # a clip has axis 4

@@ -1,0 +1,176 @@
+"""The model contract (`sigma_vae_jax.models.base`), checked for every registered
+model at its tiny size (tests/tiny_models.py): output shapes, the one objective
+(finite, falls in a few steps, KL per group sums to the total), IWAE's importance
+weights, samples and reconstructions, and 8 simulated devices against one."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tiny_models
+from sigma_vae_jax import evaluate
+from sigma_vae_jax import input_pipeline
+from sigma_vae_jax import models
+from sigma_vae_jax import objectives
+from sigma_vae_jax import trainer as trainer_lib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODEL_NAMES = sorted(models.MODELS)
+
+
+def test_every_registered_model_has_a_tiny_test_configuration():
+  assert set(tiny_models.TINY) == set(models.MODELS)
+
+
+def _trainer(config, model_name):
+  return trainer_lib.Trainer(config, tiny_models.data_shape(model_name),
+                             trainer_lib.make_mesh(jax.devices()[:1]))
+
+
+def _forward(trainer, state, data, rng):
+  x = input_pipeline.to_float(jnp.asarray(data))
+  return trainer.model.apply({"params": state.params["model"]}, x, rng)
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+@pytest.mark.parametrize("decoder_name", ["optimal_sigma", "categorical"])
+def test_forward_pass_shapes(model_name, decoder_name):
+  trainer = _trainer(tiny_models.tiny_config(model_name, decoder_name), model_name)
+  state = trainer.init_state()
+  data = tiny_models.smooth_data(model_name, 4)
+  output = _forward(trainer, state, data, jax.random.PRNGKey(0))
+  target = output.target
+  assert target.dtype == jnp.float32 and target.shape[0] == 4
+  assert tuple(target.shape[1:]) == trainer.target_shape
+  assert float(target.min()) >= 0 and float(target.max()) <= 1
+  channels = target.shape[-1]
+  assert output.decoder_outputs.shape == (
+      target.shape[:-1] + (trainer.likelihood.num_outputs(channels),))
+  assert output.decoder_outputs.dtype == jnp.float32
+  assert output.latents, "a latent-variable model has at least one latent group"
+  for name, group in output.latents.items():
+    assert group.kl.shape == group.log_q.shape == group.log_p.shape, name
+    assert group.kl.shape[0] == 4, name
+    assert bool(jnp.all(group.kl >= -1e-5)), name  # a KL is never negative
+  recon = trainer.reconstruct(state, jnp.asarray(data))
+  assert recon.shape == target.shape
+  samples = trainer.sample(state, jax.random.PRNGKey(1), num=3)
+  assert samples.shape == (3,) + target.shape[1:]
+  assert float(samples.min()) >= 0 and float(samples.max()) <= 1
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_kl_per_group_sums_to_the_total_and_the_elbo_adds_up(model_name):
+  trainer = _trainer(tiny_models.tiny_config(model_name), model_name)
+  state = trainer.init_state()
+  output = _forward(trainer, state, tiny_models.smooth_data(model_name, 4),
+                    jax.random.PRNGKey(0))
+  terms = objectives.negative_elbo(output, trainer.likelihood, state.params["likelihood"],
+                                   state.likelihood_state, train=False)
+  total = sum(np.asarray(kl, np.float64) for kl in terms.kl_per_group.values())
+  np.testing.assert_allclose(np.asarray(terms.kl), total, rtol=1e-5, atol=1e-4)
+  # Each group's KL is its elementwise KL summed over the group's dimensions.
+  for name, group in output.latents.items():
+    np.testing.assert_allclose(np.asarray(terms.kl_per_group[name]),
+                               np.asarray(group.kl, np.float64).reshape(4, -1).sum(1),
+                               rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(terms.nelbo), np.asarray(terms.rec + terms.kl),
+                             rtol=1e-6)
+  assert np.all(np.isfinite(np.asarray(terms.nelbo)))
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_few_steps_reduce_the_loss(model_name):
+  trainer = _trainer(tiny_models.tiny_config(model_name, learning_rate=3e-3), model_name)
+  state = trainer.init_state()
+  data = trainer.put_replicated(tiny_models.smooth_data(model_name, 32))
+  losses = []
+  for _ in range(30):
+    state, metrics = trainer.train_on_device(state, data)
+    losses.append(metrics["loss"])
+  losses = np.asarray(jax.device_get(losses))
+  assert np.all(np.isfinite(losses))
+  assert losses[-10:].mean() < losses[:10].mean() - 1.0, losses
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_importance_weights_k1_and_their_mean_is_the_elbo(model_name):
+  trainer = _trainer(tiny_models.tiny_config(model_name), model_name)
+  state = trainer.init_state()
+  data = jnp.asarray(tiny_models.smooth_data(model_name, 4))
+  rng = jax.random.PRNGKey(5)
+  # K=1: the log weight of draw 0 (key fold_in(rng, 0)) is log p(x|z) + log p(z)
+  # - log q(z|x) of that one forward pass.
+  log_w = trainer.log_importance_weights(state, data, rng, num_samples=1)
+  output = _forward(trainer, state, data, jax.random.fold_in(rng, 0))
+  terms = objectives.negative_elbo(output, trainer.likelihood, state.params["likelihood"],
+                                   state.likelihood_state, train=False)
+  log_ratio = sum(np.asarray(g.log_p - g.log_q, np.float64).reshape(4, -1).sum(1)
+                  for g in output.latents.values())
+  np.testing.assert_allclose(np.asarray(log_w[0]), -np.asarray(terms.rec) + log_ratio,
+                             rtol=1e-5, atol=1e-2)
+  # E_q[log w] = -nelbo (closed-form KL): the mean of many draws, within MC error.
+  many = np.asarray(trainer.log_importance_weights(state, data, rng, num_samples=256),
+                    np.float64)
+  nelbo = np.asarray(evaluate_nelbo(trainer, state, data))
+  stderr = many.std(0) / math.sqrt(many.shape[0])
+  assert np.all(np.abs(many.mean(0) + nelbo) < 5 * stderr + 0.05), (many.mean(0), nelbo)
+  # The IWAE bound is tighter than the ELBO.
+  iwae = np.logaddexp.reduce(many, axis=0) - math.log(many.shape[0])
+  assert np.all(iwae >= many.mean(0) - 1e-6)
+
+
+def evaluate_nelbo(trainer, state, data):
+  """Per-example negative ELBO (closed-form KL), averaged over 64 decoder draws so
+  the reconstruction term's own MC noise is small."""
+  x = input_pipeline.to_float(data)
+
+  def one(key):
+    output = trainer.model.apply({"params": state.params["model"]}, x, key)
+    return objectives.negative_elbo(output, trainer.likelihood, state.params["likelihood"],
+                                    state.likelihood_state, train=False).nelbo
+  keys = jax.random.split(jax.random.PRNGKey(11), 64)
+  return jax.lax.map(one, keys).mean(0)
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_evaluation_api_runs_through_the_contract(model_name):
+  trainer = _trainer(tiny_models.tiny_config(model_name), model_name)
+  state = trainer.init_state()
+  data = tiny_models.smooth_data(model_name, 10)
+  result = evaluate.evaluate_elbo(trainer, state, data, batch_size=8)
+  assert result["num_examples"] == 10 and math.isfinite(result["nelbo"])
+  np.testing.assert_allclose(result["bpd"], result["nelbo"] / (
+      trainer.num_target_dims * math.log(2)), rtol=1e-6)
+  nll = evaluate.iwae_nll(trainer, state, data, num_samples=3, batch_size=8,
+                          rng=jax.random.PRNGKey(0))
+  assert nll.shape == (10,) and np.all(np.isfinite(nll))
+  samples = evaluate.prior_samples(trainer, state, 5, jax.random.PRNGKey(0), batch_size=4)
+  assert samples.shape == (5,) + trainer.target_shape
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_eight_simulated_devices_give_the_same_step_and_metrics_as_one(model_name):
+  result = subprocess.run(
+      [sys.executable, os.path.join(HERE, "sharded_vs_single.py"), model_name,
+       "optimal_sigma"], capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  r = json.loads(result.stdout.strip().splitlines()[-1])
+  assert r["num_devices"] == 8
+  assert r["steps"] == [3, 3]
+  assert r["param_max_abs_diff"] <= 1e-5 * r["param_max_abs"], r
+  np.testing.assert_allclose(r["loss_sharded"], r["loss_single"], rtol=1e-5)
+  # The closed-form sigma is over the *global* batch: its running average agrees.
+  for key, value in r["likelihood_state_single"].items():
+    np.testing.assert_allclose(r["likelihood_state_sharded"][key], value, rtol=1e-5)
+  for key, value in r["eval_single"].items():
+    np.testing.assert_allclose(r["eval_sharded"][key], value, rtol=1e-4, atol=1e-3,
+                               err_msg=key)
+  assert r["cache_size"] == 1
