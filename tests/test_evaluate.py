@@ -16,7 +16,6 @@ from sigma_vae_jax import evaluate
 from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import losses
 from sigma_vae_jax import metrics
-from sigma_vae_jax import models
 from sigma_vae_jax import train
 from sigma_vae_jax import trainer as trainer_lib
 

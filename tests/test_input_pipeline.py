@@ -1,6 +1,7 @@
 """Tests of input_pipeline: data sources, determinism, sharding, resume, errors (offline)."""
 
 import importlib.util
+import io
 import itertools
 import os
 
@@ -125,6 +126,101 @@ def test_celeba_crop_then_resize_is_centred():
   assert (resized == 200).all()
   with pytest.raises(ValueError, match="dataset.center_crop"):
     ip._Preprocess(center_crop=(10, 10)).output_shape((8, 6, 3))
+
+
+# --- Pixel values against independent references -----------------------------------
+
+
+def _triangle_weights(n_in, n_out):
+  """[n_out, n_in] weights of antialiased bilinear resampling along one axis: a
+  triangle filter (tent) on half-pixel centres, widened by the scale when shrinking,
+  normalised per output pixel (as PIL's BILINEAR and tf.image.resize(antialias=True))."""
+  scale = n_in / n_out
+  support = max(scale, 1.0)
+  centres = (np.arange(n_out) + 0.5) * scale
+  w = np.maximum(0.0, 1.0 - np.abs((np.arange(n_in)[None] + 0.5 - centres[:, None]) / support))
+  return w / w.sum(axis=1, keepdims=True)
+
+
+def _reference_resize(images, size):
+  """float64 [N, H, W, C] resized to size (h, w), before rounding."""
+  a = _triangle_weights(images.shape[1], size[0])
+  b = _triangle_weights(images.shape[2], size[1])
+  return np.einsum("ih,jw,nhwc->nijc", a, b, images.astype(np.float64))
+
+
+def _pil_resize(images, size):
+  """PIL's BILINEAR resize of each uint8 channel (another implementation)."""
+  return np.stack([np.stack([np.asarray(Image.fromarray(im[..., c]).resize(
+      (size[1], size[0]), Image.BILINEAR)) for c in range(im.shape[-1])], -1)
+                   for im in images])
+
+
+@pytest.mark.parametrize("size", [(6, 5), (4, 4), (9, 7), (24, 20), (17, 13)])
+def test_resize_pixels_match_a_triangle_filter_reference_and_pil(size):
+  images = _random_images(2, (12, 10, 3), seed=3)
+  got = ip._Preprocess(image_size=size).np_apply(images)
+  assert got.dtype == np.uint8 and got.shape == (2,) + size + (3,)
+  # Rounded to the nearest level: within half a level of the exact value (+ float32).
+  np.testing.assert_array_less(np.abs(got - _reference_resize(images, size)), 0.5 + 1e-3)
+  np.testing.assert_array_less(np.abs(got.astype(int) - _pil_resize(images, size)), 2)
+
+
+def test_centre_crop_then_resize_pixels():
+  images = _random_images(3, (11, 8, 3), seed=4)
+  got = ip._Preprocess(center_crop=(6, 6), image_size=(4, 4)).np_apply(images)
+  crop = images[:, 2:8, 1:7]  # top = (11 - 6) // 2, left = (8 - 6) // 2
+  np.testing.assert_array_less(np.abs(got - _reference_resize(crop, (4, 4))), 0.5 + 1e-3)
+  np.testing.assert_array_equal(ip._Preprocess(center_crop=(6, 6)).np_apply(images), crop)
+
+
+def test_numpy_source_resizes_the_pixels_it_loads(tmp_path):
+  images = _random_images(20, (8, 8, 3), seed=5)
+  np.save(tmp_path / "x.npy", images)
+  source = ip.get_data_source(_config(name="numpy", path=os.fspath(tmp_path / "x.npy"),
+                                      image_size=(4, 6)))
+  idx = ip.holdout_indices(20, 0.1)
+  for split in ("train", "test"):
+    expected = _reference_resize(images[idx[split]], (4, 6))
+    np.testing.assert_array_less(np.abs(source.load_split(split) - expected), 0.5 + 1e-3)
+
+
+def _mock_images(tfds_name, image_key):
+  """The images tfds.testing.mock_data serves for a builder, decoded by PIL from
+  the encoded bytes (video examples: all frames, in order)."""
+  decoders = tfds.decode.PartialDecoding({image_key: True},
+                                         decoders={image_key: tfds.decode.SkipDecoding()})
+  ds = tfds.builder(tfds_name).as_dataset(split="test", decoders=decoders,
+                                          shuffle_files=False)
+  frames = []
+  for example in tfds.as_numpy(ds):
+    for encoded in np.atleast_1d(example[image_key]):
+      frame = np.asarray(Image.open(io.BytesIO(encoded)))
+      frames.append(frame[..., None] if frame.ndim == 2 else frame)
+  return np.stack(frames)
+
+
+@pytest.mark.parametrize("name,tfds_name,image_key,image_size", [
+    ("svhn", "svhn_cropped", "image", None),
+    ("svhn", "svhn_cropped", "image", (28, 24)),
+    ("mnist", "mnist", "image", None),
+    ("bair", "bair_robot_pushing_small", "image_main", (32, 32)),
+])
+def test_tfds_sources_serve_the_decoded_pixels_under_mock_data(name, tfds_name, image_key,
+                                                               image_size):
+  with tfds.testing.mock_data(num_examples=2 if name == "bair" else 6):
+    reference = _mock_images(tfds_name, image_key)
+    source = ip.get_data_source(_config(name=name, image_size=image_size))
+    test = source.load_split("test")
+    batch = next(source.batch_iterator("test", 4, seed=0, shuffle=False, repeat=False,
+                                       process_index=0, process_count=1))
+  assert reference.std() > 20  # random pixels, not a constant image
+  if image_size is None:
+    np.testing.assert_array_equal(test, reference)
+  else:
+    np.testing.assert_array_less(np.abs(test - _reference_resize(reference, image_size)),
+                                 0.5 + 1e-3)
+  np.testing.assert_array_equal(batch, test[:4])
 
 
 # --- numpy and folder sources ------------------------------------------------------

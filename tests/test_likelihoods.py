@@ -211,3 +211,39 @@ def test_sigma_axes_beyond_the_targets_rank_are_refused_naming_the_field():
   with pytest.raises(configuration.ConfigError, match="decoder.sigma_axes"):
     configuration.validate_sigma_axes(config, (8, 8, 3))
   configuration.validate_sigma_axes(config, (2, 8, 8, 3))  # a clip has axis 4
+
+
+@pytest.mark.parametrize("name", ["beta", "shared_sigma", "optimal_sigma"])
+def test_gaussian_samples_have_the_decoder_sigma(name):
+  """Samples around mean 0.5 with sigma 0.1 (clipping to [0, 1] is 5 sigma away): the
+  sample moments are those of N(0.5, 0.01), with sigma from beta, the learned
+  parameter, or the running average (debiased by hand: 0.01 * w / w)."""
+  sigma = 0.1
+  decoder = _decoder(name, **({"beta": sigma ** 2} if name == "beta" else {}))
+  params, state = decoder.init_params(), decoder.init_state()
+  if name == "shared_sigma":
+    params = {"log_sigma": jnp.asarray(np.log(sigma), jnp.float32)}
+  if name == "optimal_sigma":
+    weight = 1 - 0.99 ** 3
+    state = {"variance_ema": jnp.asarray(sigma ** 2 * weight, jnp.float32),
+             "ema_weight": jnp.asarray(weight, jnp.float32)}
+  n = 20000
+  out = jnp.zeros((n, 1, 1, decoder.num_outputs(1)))
+  sample = np.asarray(decoder.sample(jax.random.PRNGKey(4), out, params, state), np.float64)
+  assert abs(sample.mean() - 0.5) < 4 * sigma / np.sqrt(n)
+  assert abs(sample.std() / sigma - 1) < 4 * np.sqrt(0.5 / n)
+
+
+def test_categorical_samples_follow_the_softmax():
+  decoder = _decoder("categorical")
+  levels, logits_at = np.array([0, 10, 128, 255]), np.array([0.0, 1.0, 2.0, -1.0])
+  logits = np.full(256, -30.0)
+  logits[levels] = logits_at
+  n = 20000
+  out = jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, 1, 1, 256))
+  sample = np.asarray(decoder.sample(jax.random.PRNGKey(5), out, {}, {}))[:, 0, 0, 0]
+  np.testing.assert_allclose(sample * 255, np.round(sample * 255), atol=1e-3)
+  p = np.exp(logits_at) / np.exp(logits_at).sum()
+  freq = np.array([np.mean(np.round(sample * 255) == k) for k in levels])
+  assert freq.sum() == 1.0
+  np.testing.assert_array_less(np.abs(freq - p), 4 * np.sqrt(p * (1 - p) / n))

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import os
 import time
 
@@ -31,7 +32,7 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir):
   assert [r["step"] for r in eval_rows] == [6, 12]
   for row in eval_rows:
     for key in ("nelbo", "rec", "kl", "bpd", "log_sigma", "nelbo_discrete"):
-      assert key in row and row[key] == row[key], (key, row)
+      assert key in row and math.isfinite(row[key]), (key, row)
     # The negative ELBO is the sum of its parts, in nats per example.
     assert row["nelbo"] == pytest.approx(row["rec"] + row["kl"], rel=1e-5, abs=1e-3)
     assert row["bpd"] == pytest.approx(row["nelbo"] / (32 * 32 * 3 * 0.6931471805599453),

@@ -213,6 +213,34 @@ def test_frechet_self_zero_mean_shift_and_singular():
   assert got == pytest.approx(_frechet_reference(m1, c1, m2, c2), rel=1e-3, abs=1e-3)
 
 
+def _with_exact_moments(rng, n, mean, cov):
+  """n samples whose sample mean and (unbiased) covariance are exactly mean and cov."""
+  z = rng.normal(size=(n, len(mean)))
+  z -= z.mean(0)
+  z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T  # whitened
+  return mean + z @ np.linalg.cholesky(cov).T
+
+
+def test_fid_of_gaussian_features_equals_the_closed_form():
+  """Identity features with known moments: commuting covariances Q diag(a) Q^T and
+  Q diag(b) Q^T, whose Frechet distance is |mu1 - mu2|^2 + sum (sqrt a - sqrt b)^2."""
+  rng = np.random.default_rng(15)
+  d, n = 6, 50
+  q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+  a, b = rng.uniform(0.2, 2.0, d), rng.uniform(0.2, 2.0, d)
+  mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+  f1 = _with_exact_moments(rng, n, mu1, q @ np.diag(a) @ q.T)
+  f2 = _with_exact_moments(rng, n + 7, mu2, q @ np.diag(b) @ q.T)
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+  identity = lambda images: np.asarray(images, np.float64).reshape(len(images), -1)
+  # "Images" [N, d, 1, 1]; fid batches them (the last batch padded).
+  got = metrics.fid(f1[:, :, None, None], f2[:, :, None, None], identity, batch_size=16)
+  assert got == pytest.approx(expected, rel=1e-8)
+  # A pure mean shift adds exactly |shift|^2.
+  shifted = metrics.fid(f1[:, :, None, None], f1[:, :, None, None] + 0.5, identity)
+  assert shifted == pytest.approx(0.25 * d, rel=1e-8)
+
+
 # ----------------------------------------------------------------------------
 # Random-network FID.
 # ----------------------------------------------------------------------------

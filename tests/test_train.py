@@ -1,10 +1,7 @@
 """Train steps: every decoder learns, sharded == single device, no recompilation,
 non-finite updates never reach the parameters."""
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +10,6 @@ import pytest
 from jax.sharding import Mesh
 
 from sigma_vae_jax import likelihoods
-from sigma_vae_jax import train
 from sigma_vae_jax import train_step
 from sigma_vae_jax import trainer as trainer_lib
 from configs import default as default_config

@@ -186,6 +186,8 @@ class ConvVAE(nn.Module):
     del train  # no dropout or other training-only behaviour
     mean, log_var = self.encode(x)
     z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape, mean.dtype)
+    # Inspectable with apply(..., mutable=["intermediates"]); free otherwise.
+    self.sow("intermediates", "z", z)
     latent = LatentGroup(kl=losses.gaussian_kl(mean, log_var),
                          log_q=losses.gaussian_log_prob(z, mean, log_var),
                          log_p=losses.gaussian_log_prob(z))
