@@ -5,9 +5,10 @@ the discretized-Gaussian bound on the 8-bit data, the effective beta of the deco
 sigma and FID of prior samples. Writes OUTPUT_DIR/beta_sweep.{csv,md,png}.
 
   python scripts/beta_sweep.py --output_dir=results/beta_sweep \
-      --betas=0.001,0.01,0.1,1,10 --num_train_steps=3000 --fid_kind=random
+      --betas_paper=0.001,0.01,0.1,1,10 --num_train_steps=3000 --fid_kind=random
 
-beta convention: Eq. 7 as printed (sigma^2 = beta); the paper's Table 1 beta is 2x.
+beta convention: `beta` (and --betas) is ours, Eq. 7 as printed (sigma^2 = beta); the
+paper's Table 1 beta is 2x: `beta_paper` (and --betas_paper, its grid in its units).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
       num_eval_examples=num_eval_examples)
   rows = sweeps.run_sweep(config, variants, workdir_root, seeds, settings)
 
-  columns = ["model", "beta", "beta_paper", "nelbo", "bpd", "nelbo_discrete",
-             "bpd_discrete", "sigma", "effective_beta", "effective_beta_paper"]
+  columns = ["model", "beta", "beta_paper", "nelbo", "nelbo_calibrated", "bpd",
+             "nelbo_discrete", "bpd_discrete", "bpd_discrete_calibrated", "sigma",
+             "sigma_calibrated", "effective_beta", "effective_beta_paper"]
   if iwae_samples > 0:
     columns.append("iwae_nll")
   if fid_kind != "none":
@@ -51,6 +53,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
            "decoder's sigma (beta-VAE: sigma^2 = beta; optimal sigma: running average); "
            "nelbo_discrete: the same model as a discretized Gaussian over the 256 "
            "levels of the 8-bit data (Table 4).",
+           sweeps.CALIBRATED_NOTE,
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)} "
            f"(mean ± std over seeds when more than one).",
            sweeps.FID_NOTE[fid_kind]]
@@ -77,15 +80,14 @@ def _plot(table, path, fid_kind, dataset_name):
 
 
 def _define(fv):
-  flags.DEFINE_list("betas", [f"{b:g}" for b in DEFAULT_BETAS], "beta grid (ours: "
-                    "sigma^2 = beta).", flag_values=fv)
+  sweeps.define_beta_grid_flags(fv, DEFAULT_BETAS)
   flags.DEFINE_list("sigma_decoders", ["optimal_sigma"], "sigma-VAE decoders to "
                     "compare (e.g. optimal_sigma,shared_sigma).", flag_values=fv)
 
 
 def main(argv):
   fv = sweeps.parse_flags(argv, _define)
-  return run(**sweeps.common_kwargs(fv), betas=[float(b) for b in fv.betas],
+  return run(**sweeps.common_kwargs(fv), betas=sweeps.betas_from_flags(fv),
              sigma_decoders=list(fv.sigma_decoders))
 
 

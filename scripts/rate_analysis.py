@@ -5,7 +5,10 @@ Monte Carlo estimates as in Rosca et al. (2018), paper Sec. 5.2, on the test ima
 Reuses the runs of scripts/beta_sweep.py when given the same --workdir_root and
 settings. Writes OUTPUT_DIR/rate_analysis.{csv,md,png}.
 
-  python scripts/rate_analysis.py --output_dir=results/rate --betas=0.001,0.01,0.1,1,10
+  python scripts/rate_analysis.py --output_dir=results/rate \
+      --betas_paper=0.001,0.01,0.1,1,10
+
+--betas is in our units (sigma^2 = beta), --betas_paper in the paper's (2x ours).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
       num_fid_samples=num_fid_samples, iwae_samples=iwae_samples,
       num_eval_examples=num_eval_examples)
   rows = sweeps.run_sweep(config, variants, workdir_root, seeds, settings)
-  columns = ["model", "beta", "beta_paper", "effective_beta", "mutual_information",
-             "marginal_kl", "average_kl", "log_n", "nelbo"]
+  columns = ["model", "beta", "beta_paper", "effective_beta", "effective_beta_paper",
+             "mutual_information", "marginal_kl", "average_kl", "log_n", "nelbo",
+             "nelbo_calibrated"]
   if fid_kind != "none":
     columns.append("fid")
   notes = [sweeps.data_note(config), sweeps.BETA_NOTE,
@@ -45,6 +49,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
            "Carlo over the test images (one z per image); average_kl is the closed-form "
            "E_x KL(q(z|x)||p(z)) = their sum up to Monte Carlo error (Eq. 9). The MI "
            "estimate is at most log_n = log(number of test images).",
+           sweeps.CALIBRATED_NOTE,
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)}.",
            sweeps.FID_NOTE[fid_kind]]
   sweeps.write_outputs(
@@ -64,15 +69,14 @@ def _plot(table, path, dataset_name):
 
 
 def _define(fv):
-  flags.DEFINE_list("betas", [f"{b:g}" for b in DEFAULT_BETAS], "beta grid (ours: "
-                    "sigma^2 = beta).", flag_values=fv)
+  sweeps.define_beta_grid_flags(fv, DEFAULT_BETAS)
   flags.DEFINE_list("sigma_decoders", ["optimal_sigma"], "sigma-VAE decoders.",
                     flag_values=fv)
 
 
 def main(argv):
   fv = sweeps.parse_flags(argv, _define, default_fid_kind="none")
-  return run(**sweeps.common_kwargs(fv), betas=[float(b) for b in fv.betas],
+  return run(**sweeps.common_kwargs(fv), betas=sweeps.betas_from_flags(fv),
              sigma_decoders=list(fv.sigma_decoders))
 
 

@@ -54,7 +54,8 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
       sweeps.Variant("optimal_sigma", {"decoder.name": "optimal_sigma"},
                      {"model": "optimal sigma-VAE"}),
       sweeps.Variant(f"beta_{beta:g}", {"decoder.name": "beta", "decoder.beta": float(beta)},
-                     {"model": f"beta-VAE, beta={beta:g} (constant sigma)"}),
+                     {"model": f"beta-VAE, beta={beta:g} (beta_paper={2 * beta:g}, "
+                               f"constant sigma)"}),
   ]
 
   def extra(variant, workdir, _):

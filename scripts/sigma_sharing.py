@@ -79,7 +79,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
   rows = sweeps.run_sweep(config, variants, workdir_root, seeds, settings)
   columns = ["variant", "sigma_kind", "sigma_axes", "num_variance_parameters",
              "mutual_information", "marginal_kl", "average_kl", "nelbo",
-             "nelbo_discrete", "log_sigma"]
+             "nelbo_calibrated", "nelbo_discrete", "log_sigma"]
   if fid_kind != "none":
     columns.append("fid")
   notes = [sweeps.data_note(config),
@@ -89,6 +89,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
            "sigmas with the network.",
            "mutual_information I_e(x;z), marginal_kl KL(m(z)||p(z)) in nats (Monte "
            "Carlo over the test images, Sec. 5.2); log_sigma: mean log sigma.",
+           sweeps.CALIBRATED_NOTE,
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)}.",
            sweeps.FID_NOTE[fid_kind]]
   sweeps.write_outputs(

@@ -5,6 +5,7 @@ Runs before any data loading or compilation, so a bad launch fails in seconds.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from sigma_vae_jax import likelihoods
@@ -21,6 +22,8 @@ COMPUTE_FIELDS = ("model.conv_impl", "model.dtype", "model.remat",
 _LEGACY_CONV_FLAGS = ("fast_encoder", "fast_upsample", "fast_output")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamax")
+# decoder.log_sigma_min below this lets float32 exp(-log_sigma) overflow (losses.py).
+_LOWEST_LOG_SIGMA_MIN = -80.0
 
 
 class ConfigError(ValueError):
@@ -67,6 +70,12 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
            f"must be >= 1; got {dec.num_mixtures}")
   _require(dec.student_t_df > 0, "decoder.student_t_df",
            f"must be > 0; got {dec.student_t_df}")
+  if dec.log_sigma_min is not None:
+    _require(math.isfinite(dec.log_sigma_min) and dec.log_sigma_min >= _LOWEST_LOG_SIGMA_MIN,
+             "decoder.log_sigma_min",
+             f"the soft lower bound on every learned or closed-form log sigma must be a "
+             f"number >= {_LOWEST_LOG_SIGMA_MIN} (float32 needs exp(-log_sigma) finite; "
+             f"the paper uses -6) or None for no bound; got {dec.log_sigma_min}")
   if dec.log_sigma_min is not None and dec.log_sigma_max is not None:
     _require(dec.log_sigma_min < dec.log_sigma_max, "decoder.log_sigma_min",
              f"must be below decoder.log_sigma_max ({dec.log_sigma_max}); got "

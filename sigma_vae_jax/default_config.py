@@ -55,8 +55,14 @@ def get_config() -> ml_collections.ConfigDict:
   # optimal_sigma only: axes of [B, H, W, C] the closed-form variance averages over
   # (must include 0); None shares one sigma. (0,) is one sigma per subpixel (paper Fig. 4).
   config.decoder.sigma_axes = config_dict.placeholder(tuple)
-  # Soft-clip bounds on log sigma for `per_pixel_sigma` (paper Sec. 3.1); None disables one side.
+  # Soft lower bound on log sigma (losses.softclip, paper Sec. 3.1) for every closed-form
+  # and learned sigma or scale: optimal_sigma (any sigma_axes, and its running average),
+  # optimal_sigma_per_image, shared_sigma, per_pixel_sigma, student_t, logistic_mixture,
+  # discretized_gaussian / discretized_logistic (log of their own scale). The fixed sigma
+  # of `gaussian` and `beta` is not clipped. None: no bound.
   config.decoder.log_sigma_min = -6.0
+  # Soft upper bound, only for the network-predicted scales of `per_pixel_sigma` and
+  # `student_t`; None: no bound.
   config.decoder.log_sigma_max = 2.0
   # Degrees of freedom of the `student_t` decoder.
   config.decoder.student_t_df = 3.0

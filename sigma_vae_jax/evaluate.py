@@ -12,6 +12,10 @@ likelihood's *evaluation* form (`Likelihood.eval_nll`: KL weight 1, the running
 average of sigma for the optimal sigma decoders; the `beta` decoder as the Gaussian
 with sigma^2 = beta).
 
+`evaluate_calibrated` also evaluates each Gaussian model at its own maximum-likelihood
+shared sigma (sigma^2 = test MSE of the decoder mean): the bound it would reach with the
+best constant sigma, "calibrated after training".
+
 Effective beta convention: Eq. 7 of the paper as printed, sigma^2 = beta
 (`losses.effective_beta`). The paper's Table 1 uses sigma^2 = beta / 2, i.e. its
 beta is twice ours; `effective_beta` returns both.
@@ -165,6 +169,56 @@ def evaluate_elbo(trainer, state, images: np.ndarray, batch_size: int = 128
   """
   batch_size = _batch_size_for(trainer, batch_size)
   return trainer.evaluate(state, trainer_lib.padded_batches(np.asarray(images), batch_size))
+
+
+# ----------------------------------------------------------------------------------
+# Calibrated after training: each Gaussian model at its maximum-likelihood sigma.
+# ----------------------------------------------------------------------------------
+
+
+def evaluate_calibrated(trainer, state, images: np.ndarray, batch_size: int = 128
+                        ) -> Optional[dict[str, float]]:
+  """Test -ELBO of a Gaussian decoder at its maximum-likelihood shared sigma.
+
+  "Calibrated after training": keep the trained encoder and decoder mean, replace the
+  decoder's sigma (fixed, learned, running average, per image or per pixel) by the one
+  constant sigma that maximises the test ELBO, sigma^2 = the test MSE of the decoder
+  mean (over images and dimensions, at the z of `evaluate_elbo`: the same batches and
+  keys as `Trainer.evaluate`). Then the reconstruction term is D/2 (1 + log(2 pi
+  sigma^2)) per image, so
+
+    nelbo_calibrated = D/2 (1 + log(2 pi mse)) + KL  <=  nelbo (for any constant sigma).
+
+  Returns {"mse", "sigma_calibrated", "nelbo_calibrated", "bpd_calibrated",
+  "nelbo_discrete_calibrated", "bpd_discrete_calibrated" (the discretized Gaussian on
+  the 8-bit data at the same sigma)}, or None for decoders that are not continuous
+  Gaussians (`Likelihood.is_gaussian`).
+  """
+  if not trainer.likelihood.is_gaussian:
+    return None
+  eval_rng = jax.random.fold_in(state.rng, trainer_lib.EVAL_STREAM)
+
+  def sums(log_sigma, discrete):
+    totals, count = None, 0
+    for i, (batch, mask, n) in enumerate(_batches(trainer, images, batch_size)):
+      s = trainer.calibration_sums(state, batch, mask, jax.random.fold_in(eval_rng, i),
+                                   jnp.asarray(log_sigma, jnp.float32), discrete=discrete)
+      s = {k: float(v) for k, v in jax.device_get(s).items()}
+      totals = s if totals is None else {k: totals[k] + s[k] for k in s}
+      count += n
+    return {k: v / count for k, v in totals.items()}
+
+  num_dims = trainer.num_target_dims
+  first = sums(0.0, False)
+  mse = max(first["sq_err"] / num_dims, float(np.finfo(np.float32).tiny))
+  log_sigma = 0.5 * math.log(mse)
+  nelbo = 0.5 * num_dims * (1.0 + math.log(2 * math.pi * mse)) + first["kl"]
+  second = sums(log_sigma, True)
+  nelbo_discrete = second["rec_discrete"] + second["kl"]
+  bpd = lambda nats: float(losses.nats_to_bits_per_dim(nats, num_dims))
+  return {"mse": mse, "sigma_calibrated": math.sqrt(mse), "nelbo_calibrated": nelbo,
+          "bpd_calibrated": bpd(nelbo), "nelbo_discrete_calibrated": nelbo_discrete,
+          "bpd_discrete_calibrated": bpd(nelbo_discrete)}
 
 
 # ----------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ class Likelihood:
   has_running_sigma: bool = False
   # Whether its evaluation sigma is one value (or array) independent of the data.
   data_independent_sigma: bool = False
+  # Whether it is a continuous Gaussian with mean `mean(out)` (see _GaussianFamily).
+  is_gaussian: bool = False
 
   def num_outputs(self, channels: int) -> int:
     return channels
@@ -110,8 +112,22 @@ def _quantize(x: Array) -> Array:
   return jnp.round(jnp.clip(x, 0.0, 1.0) * (_NUM_LEVELS - 1)) / (_NUM_LEVELS - 1)
 
 
+def _bounded(log_sigma: Array, low: Optional[float]) -> Array:
+  """Soft lower bound on a closed-form or learned log sigma (`decoder.log_sigma_min`).
+
+  `losses.softclip(log_sigma, low)` as the paper (Sec. 3.1) and the authors' code do
+  for every sigma: without it the closed-form sigma* of pixels that are constant in
+  a batch collapses towards 0 (the variance floor is float32 tiny, log sigma -43.7)
+  and the likelihood becomes unbounded. None: no bound.
+  """
+  return log_sigma if low is None else losses.softclip(log_sigma, low=low)
+
+
 class _GaussianFamily(Likelihood):
   """Gaussian decoders: mean = sigmoid(out); they differ in how sigma is chosen."""
+  # A continuous Gaussian likelihood with mean `mean(out)`: it can also be evaluated
+  # at its maximum-likelihood shared sigma ("calibrated after training", evaluate.py).
+  is_gaussian = True
 
   def _log_sigma(self, x, mean, out, params, state, train):
     """Returns (log_sigma broadcastable to x, batch variance or None)."""
@@ -180,15 +196,21 @@ class BetaGaussian(UnitGaussian):
 
 
 class SharedSigma(_GaussianFamily):
-  """One log sigma for all pixels and images, learned by gradient descent."""
+  """One log sigma for all pixels and images, learned by gradient descent.
+
+  The learned parameter is soft-clipped from below at `log_sigma_min` (None: no bound).
+  """
   name = "shared_sigma"
   data_independent_sigma = True
+
+  def __init__(self, log_sigma_min: Optional[float] = -6.0):
+    self.log_sigma_min = log_sigma_min
 
   def init_params(self):
     return {"log_sigma": jnp.zeros((), jnp.float32)}
 
   def _log_sigma(self, x, mean, out, params, state, train):
-    return params["log_sigma"].astype(mean.dtype), None
+    return _bounded(params["log_sigma"].astype(mean.dtype), self.log_sigma_min), None
 
 
 class OptimalSigma(_GaussianFamily):
@@ -202,14 +224,27 @@ class OptimalSigma(_GaussianFamily):
   including the batch axis 0. None (all axes) is the shared sigma of the optimal
   sigma-VAE; (0,) gives one sigma per subpixel, (0, 3) one per pixel location.
   The running average then holds one variance per non-averaged position.
+
+  Both the batch sigma* and the running one are soft-clipped from below at
+  `log_sigma_min` (paper Sec. 3.1; None: no bound); the running average is over the
+  unclipped sigma*^2 and clipped where it is used.
   """
   name = "optimal_sigma"
   has_running_sigma = True
   data_independent_sigma = True
+  # log(scale / sigma*): the scale parameter of the likelihood whose standard deviation
+  # is sigma* (0 for a Gaussian; the discretized logistic overrides it).
+  _log_scale_per_sigma = 0.0
 
-  def __init__(self, ema_decay: float, axes: Optional[tuple[int, ...]] = None):
+  def __init__(self, ema_decay: float, axes: Optional[tuple[int, ...]] = None,
+               log_sigma_min: Optional[float] = -6.0):
     self.ema_decay = float(ema_decay)
     self.axes = None if axes is None else tuple(sorted(int(a) for a in axes))
+    self.log_sigma_min = log_sigma_min
+
+  def _scale_from_log_sigma(self, log_sigma):
+    """The bounded log scale of the likelihood from an unclipped log sigma*."""
+    return _bounded(log_sigma + self._log_scale_per_sigma, self.log_sigma_min)
 
   def variance_shape(self, data_shape) -> tuple[int, ...]:
     """Shape of the running variance: () when shared, else broadcastable to x."""
@@ -238,13 +273,15 @@ class OptimalSigma(_GaussianFamily):
     variance = state["variance_ema"] / jnp.maximum(state["ema_weight"], 1e-12)
     # Before any training step there is no estimate: fall back to sigma = 1.
     variance = jnp.where(state["ema_weight"] > 0, variance, 1.0)
-    return 0.5 * jnp.log(jnp.maximum(variance, jnp.finfo(jnp.float32).tiny))
+    return self._scale_from_log_sigma(
+        0.5 * jnp.log(jnp.maximum(variance, jnp.finfo(jnp.float32).tiny)))
 
   def _log_sigma(self, x, mean, out, params, state, train):
     if train:
       log_sigma = losses.optimal_log_sigma(x, mean, axis=self.axes)
       variance = jnp.exp(2 * log_sigma)
-      return log_sigma, variance.reshape(()) if self.axes is None else variance
+      variance = variance.reshape(()) if self.axes is None else variance
+      return self._scale_from_log_sigma(log_sigma), variance
     return self.running_log_sigma(state).astype(mean.dtype), None
 
 
@@ -252,9 +289,13 @@ class OptimalSigmaPerImage(_GaussianFamily):
   """sigma*^2 = MSE per image (paper Sec. 4, App. D): also solved on test images."""
   name = "optimal_sigma_per_image"
 
+  def __init__(self, log_sigma_min: Optional[float] = -6.0):
+    self.log_sigma_min = log_sigma_min
+
   def _log_sigma(self, x, mean, out, params, state, train):
     # Every non-batch axis: per image, or per clip for video [B, T, H, W, C].
-    return losses.optimal_log_sigma(x, mean, axis=tuple(range(1, x.ndim))), None
+    return _bounded(losses.optimal_log_sigma(x, mean, axis=tuple(range(1, x.ndim))),
+                    self.log_sigma_min), None
 
   def sample(self, rng, out, params, state):
     # No data means no per-image sigma*; samples are shown as the mean image.
@@ -415,14 +456,18 @@ class LogisticMixture(Likelihood):
 class _Discretized(OptimalSigma):
   """Discretized Gaussian/logistic with a scalar scale (paper Table 4).
 
-  scale="optimal": sigma from the closed-form MSE (as the optimal sigma-VAE) and its
-  running average at evaluation; scale="learned": one log scale by gradient descent.
+  scale="optimal": the scale whose distribution has the closed-form standard deviation
+  sigma* = sqrt(MSE) (as the optimal sigma-VAE; see each subclass) and its running
+  average at evaluation; scale="learned": one log scale by gradient descent. Either
+  is soft-clipped from below at `log_sigma_min` (on the log of the likelihood's own
+  scale parameter).
   """
   is_discrete = True
+  is_gaussian = False
   _nll_fn: Callable[..., Array]
 
-  def __init__(self, scale: str, ema_decay: float):
-    super().__init__(ema_decay)
+  def __init__(self, scale: str, ema_decay: float, log_sigma_min: Optional[float] = -6.0):
+    super().__init__(ema_decay, log_sigma_min=log_sigma_min)
     self.learned = scale == "learned"
     self.has_running_sigma = not self.learned
 
@@ -431,7 +476,7 @@ class _Discretized(OptimalSigma):
 
   def _log_sigma(self, x, mean, out, params, state, train):
     if self.learned:
-      return params["log_sigma"].astype(mean.dtype), None
+      return _bounded(params["log_sigma"].astype(mean.dtype), self.log_sigma_min), None
     return super()._log_sigma(x, mean, out, params, state, train)
 
   def nll(self, x, out, params, state, *, train):
@@ -458,24 +503,41 @@ class DiscretizedGaussian(_Discretized):
 
 
 class DiscretizedLogistic(_Discretized):
+  """Discretized logistic with a scalar scale s.
+
+  scale="optimal" uses moment matching: a logistic with scale s has standard deviation
+  s pi / sqrt(3), so s* = sqrt(3 MSE) / pi (sigma* sqrt(3) / pi, 0.55 sigma*), for the
+  batch MSE in training and its running average at evaluation. (Not the maximum-
+  likelihood scale, which has no closed form; for logistic residuals the two agree.)
+  """
   name = "discretized_logistic"
   _nll_fn = staticmethod(losses.discretized_logistic_nll)
+  _log_scale_per_sigma = 0.5 * math.log(3.0) - math.log(math.pi)
+
+  def sample(self, rng, out, params, state):
+    mean = self.mean(out, params, state)
+    log_scale, _ = self._log_sigma(None, mean, out, params, state, False)
+    noise = jax.random.logistic(rng, mean.shape, mean.dtype)
+    return _quantize(mean + jnp.exp(log_scale) * noise)
 
 
 LIKELIHOODS: dict[str, Callable[[Any], Likelihood]] = {
     "gaussian": lambda cfg: UnitGaussian(),
     "beta": lambda cfg: BetaGaussian(cfg.beta),
-    "shared_sigma": lambda cfg: SharedSigma(),
-    "optimal_sigma": lambda cfg: OptimalSigma(cfg.sigma_ema_decay, cfg.get("sigma_axes")),
-    "optimal_sigma_per_image": lambda cfg: OptimalSigmaPerImage(),
+    "shared_sigma": lambda cfg: SharedSigma(cfg.log_sigma_min),
+    "optimal_sigma": lambda cfg: OptimalSigma(cfg.sigma_ema_decay, cfg.get("sigma_axes"),
+                                              cfg.log_sigma_min),
+    "optimal_sigma_per_image": lambda cfg: OptimalSigmaPerImage(cfg.log_sigma_min),
     "per_pixel_sigma": lambda cfg: PerPixelSigma(cfg.log_sigma_min, cfg.log_sigma_max),
     "student_t": lambda cfg: StudentT(cfg.student_t_df, cfg.log_sigma_min, cfg.log_sigma_max),
     "bernoulli": lambda cfg: Bernoulli(),
     "categorical": lambda cfg: Categorical(),
     "bitwise_categorical": lambda cfg: BitwiseCategorical(),
     "logistic_mixture": lambda cfg: LogisticMixture(cfg.num_mixtures, cfg.log_sigma_min),
-    "discretized_gaussian": lambda cfg: DiscretizedGaussian(cfg.scale, cfg.sigma_ema_decay),
-    "discretized_logistic": lambda cfg: DiscretizedLogistic(cfg.scale, cfg.sigma_ema_decay),
+    "discretized_gaussian": lambda cfg: DiscretizedGaussian(cfg.scale, cfg.sigma_ema_decay,
+                                                            cfg.log_sigma_min),
+    "discretized_logistic": lambda cfg: DiscretizedLogistic(cfg.scale, cfg.sigma_ema_decay,
+                                                            cfg.log_sigma_min),
 }
 
 # Decoders whose training objective uses a KL weight other than 1.

@@ -52,6 +52,12 @@ def data_note(config) -> str:
 BETA_NOTE = ("beta convention: Eq. 7 as printed, sigma^2 = beta (`beta`, "
              "`effective_beta`); the paper's Table 1 uses sigma^2 = beta/2, i.e. "
              "`beta_paper` = 2 beta.")
+CALIBRATED_NOTE = ("*_calibrated: the same trained Gaussian model evaluated at its own "
+                   "maximum-likelihood constant sigma, sigma_calibrated^2 = the test MSE "
+                   "of its decoder mean (`evaluate.evaluate_calibrated`): the bound it "
+                   "would reach with the best constant sigma. It separates how well a "
+                   "model was trained (its mean) from how far its sigma is from the "
+                   "calibrated one; '-' for non-Gaussian decoders.")
 FID_NOTE = {
     "random": "FID with a fixed random conv network (`fid_kind=random`): only for "
               "comparing rows of this table, not comparable to published FIDs.",
@@ -173,6 +179,8 @@ class EvalSettings:
   fid_weights_path: Optional[str] = None
   num_fid_samples: int = 1000
   iwae_samples: int = 0              # 0: no IWAE bound
+  # Gaussian decoders also at their maximum-likelihood sigma (evaluate_calibrated).
+  calibrated: bool = True
   num_eval_examples: Optional[int] = None
   batch_size: int = 128
   seed: int = 0
@@ -193,6 +201,8 @@ def evaluate_run(workdir: str, settings: EvalSettings) -> dict[str, float]:
       out.update({k: v for k, v in elbo.items() if k != "num_examples"})
       if trainer.likelihood.is_discrete:
         out["nelbo_discrete"], out["bpd_discrete"] = out["nelbo"], out["bpd"]
+      if settings.calibrated:
+        out.update(evaluate.evaluate_calibrated(trainer, state, images, bs) or {})
     beta = evaluate.effective_beta(trainer, state, images, bs)
     if beta is not None:
       out.update(beta)
@@ -490,6 +500,27 @@ def prepare_config(config) -> ml_collections.ConfigDict:
       "eval_every_steps": min(config.eval_every_steps, n),
       "checkpoint_every_steps": min(config.checkpoint_every_steps, n),
       "log_every_steps": min(config.log_every_steps, log_every)})
+
+
+def define_beta_grid_flags(fv: flags.FlagValues, default_betas: Sequence[float]) -> None:
+  """--betas (ours, sigma^2 = beta) and --betas_paper (the paper's Table 1 units,
+  sigma^2 = beta_paper / 2); give one of them."""
+  flags.DEFINE_list("betas", [f"{b:g}" for b in default_betas], "beta grid in OUR "
+                    "units (Eq. 7 as printed: sigma^2 = beta = beta_paper / 2).",
+                    flag_values=fv)
+  flags.DEFINE_list("betas_paper", None, "beta grid in the PAPER's units (its Table 1: "
+                    "sigma^2 = beta_paper / 2), e.g. 0.001,0.01,0.1,1,10; replaces "
+                    "--betas (trained as beta = beta_paper / 2).", flag_values=fv)
+
+
+def betas_from_flags(fv: flags.FlagValues) -> list[float]:
+  """The beta grid in our units from --betas or --betas_paper (halved)."""
+  if fv.betas_paper is not None:
+    if fv["betas"].present:
+      raise flags.IllegalFlagValueError("give --betas (our units) or --betas_paper "
+                                        "(the paper's units), not both")
+    return [float(b) / 2 for b in fv.betas_paper]
+  return [float(b) for b in fv.betas]
 
 
 def beta_grid_variants(betas: Sequence[float], sigma_decoders: Sequence[str]

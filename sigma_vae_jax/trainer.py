@@ -149,6 +149,7 @@ class Trainer:
     self.log_sigma_sums = jax.jit(self._log_sigma_sums)
     self.reconstruct = jax.jit(self._reconstruct)
     self.sample = jax.jit(self._sample, static_argnames=("num", "temperature"))
+    self.calibration_sums = jax.jit(self._calibration_sums, static_argnames="discrete")
 
   def _target_shape(self) -> tuple[int, ...]:
     key = jax.random.PRNGKey(0)
@@ -199,6 +200,23 @@ class Trainer:
     sums = {k: jnp.sum(v * mask) for k, v in sums.items()}
     sums["count"] = mask.sum()
     return sums
+
+  def _calibration_sums(self, state, data, mask, rng, log_sigma, discrete: bool):
+    """Masked sums of the squared error of the likelihood's mean, the KL and
+    (discrete) the discretized-Gaussian NLL at log_sigma, with the z of `evaluate`
+    (same rng): what `evaluate.evaluate_calibrated` needs."""
+    x = input_pipeline.to_float(data)
+    output = self._apply(state, None, x, rng)
+    decoded = self.likelihood.mean(output.decoder_outputs, *self._likelihood_args(state))
+    target = output.target
+    kl = functools.reduce(jnp.add, [losses.sum_over_data_dims(g.kl)
+                                    for g in output.latents.values()])
+    sums = {"sq_err": losses.sum_over_data_dims((target - decoded) ** 2), "kl": kl}
+    if discrete:
+      sums["rec_discrete"] = losses.sum_over_data_dims(
+          losses.discretized_gaussian_nll(target, decoded, log_sigma))
+    m = mask.astype(jnp.float32)
+    return {k: jnp.sum(v * m) for k, v in sums.items()}
 
   def _encode(self, state, data):
     """Posterior (mean, log_var) of models with one Gaussian latent group."""

@@ -109,7 +109,8 @@ def test_beta_vae_trains_unit_variance_and_evaluates_with_sigma_squared_beta():
 
 
 def test_optimal_sigma_uses_batch_sigma_in_training_and_running_average_in_eval():
-  decoder = _decoder("optimal_sigma", sigma_ema_decay=0.9)
+  # The closed form itself; the soft lower bound is tested in test_calibration.py.
+  decoder = _decoder("optimal_sigma", sigma_ema_decay=0.9, log_sigma_min=None)
   out = _outputs(decoder)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 4, 3))
   mean = np.asarray(jax.nn.sigmoid(out), np.float64)
@@ -133,7 +134,7 @@ def test_optimal_sigma_uses_batch_sigma_in_training_and_running_average_in_eval(
 
 
 def test_per_image_optimal_sigma_has_one_sigma_per_image():
-  decoder = _decoder("optimal_sigma_per_image")
+  decoder = _decoder("optimal_sigma_per_image", log_sigma_min=None)
   out = _outputs(decoder)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 4, 3))
   log_sigma = decoder.nll(x, out, {}, {}, train=True).log_sigma
@@ -159,7 +160,8 @@ def test_unknown_decoder_lists_the_known_ones():
 @pytest.mark.parametrize("axes,num_params", [(None, 1), ((0,), 4 * 4 * 3), ((0, 3), 16),
                                              ((0, 1, 2), 3)])
 def test_partially_shared_optimal_sigma_averages_over_the_given_axes(axes, num_params):
-  decoder = _decoder("optimal_sigma", sigma_axes=axes, sigma_ema_decay=0.5)
+  decoder = _decoder("optimal_sigma", sigma_axes=axes, sigma_ema_decay=0.5,
+                     log_sigma_min=None)
   assert decoder.num_variance_parameters((4, 4, 3)) == num_params
   out = _outputs(decoder, shape=(5, 4, 4, 3))
   x = jax.random.uniform(jax.random.PRNGKey(1), (5, 4, 4, 3))

@@ -77,13 +77,17 @@ def test_beta_sweep_from_the_command_line(dirs, tmp_path):
       "beta_sweep.py", f"--output_dir={tmp_path}", f"--workdir_root={root}",
       f"--config.dataset.data_dir={data_dir}", "--config.model.latent_dim=4",
       "--config.model.base_channels=4", "--config.batch_size=16",
-      "--config.num_image_samples=8", f"--num_train_steps={STEPS}", "--betas=0.01",
+      "--config.num_image_samples=8", f"--num_train_steps={STEPS}",
+      "--betas_paper=0.02",  # the paper's units: trained as our beta = 0.01
       "--num_fid_samples=32", "--num_eval_examples=64", "--iwae_samples=2"])
   assert [r["variant"] for r in rows] == ["beta_0.01", "optimal_sigma"]
   table = _read_csv(tmp_path / "beta_sweep.csv")
   assert len(table) == 2
   for row in table:
-    _finite(row, ["nelbo", "bpd", "nelbo_discrete", "effective_beta", "fid", "iwae_nll"])
+    _finite(row, ["nelbo", "bpd", "nelbo_discrete", "effective_beta", "fid", "iwae_nll",
+                  "nelbo_calibrated", "bpd_discrete_calibrated", "sigma_calibrated"])
+    # The best constant sigma is at least as good as the model's own.
+    assert float(row["nelbo_calibrated"]) <= float(row["nelbo"]) + 1e-3
   beta_row, sigma_row = table
   assert float(beta_row["beta"]) == 0.01 and float(beta_row["beta_paper"]) == 0.02
   assert math.isclose(float(beta_row["effective_beta"]), 0.01, rel_tol=1e-4)
@@ -91,7 +95,20 @@ def test_beta_sweep_from_the_command_line(dirs, tmp_path):
   assert float(sigma_row["effective_beta_paper"]) == pytest.approx(
       2 * float(sigma_row["effective_beta"]))
   text = _check_files(tmp_path, "beta_sweep", 2)
-  assert "sigma^2 = beta/2" in text
+  assert "sigma^2 = beta/2" in text and "nelbo_calibrated" in text
+
+
+def test_beta_grid_in_the_papers_units():
+  from sigma_vae_jax import sweeps
+  beta_sweep = _load_script("beta_sweep")
+  parse = lambda *args: sweeps.parse_flags(["beta_sweep.py", "--output_dir=x", *args],
+                                           beta_sweep._define)
+  assert sweeps.betas_from_flags(parse("--betas_paper=0.001,0.01,0.1,1,10")) == [
+      0.0005, 0.005, 0.05, 0.5, 5.0]
+  assert sweeps.betas_from_flags(parse("--betas=0.1,1")) == [0.1, 1.0]
+  assert sweeps.betas_from_flags(parse()) == list(beta_sweep.DEFAULT_BETAS)
+  with pytest.raises(Exception, match="not both"):
+    sweeps.betas_from_flags(parse("--betas=0.1", "--betas_paper=0.2"))
 
 
 def test_rate_analysis_reuses_the_beta_sweep_runs(dirs, tmp_path, capsys):
@@ -139,8 +156,11 @@ def test_compare_decoders(dirs, tmp_path):
   assert list(table) == ["shared_sigma", "bernoulli", "discretized_logistic"]
   for row in table.values():
     _finite(row, ["nelbo", "bpd", "fid"])
-  _finite(table["shared_sigma"], ["nelbo_discrete", "bpd_discrete", "log_sigma"])
+  _finite(table["shared_sigma"], ["nelbo_discrete", "bpd_discrete", "log_sigma",
+                                  "nelbo_calibrated", "bpd_discrete_calibrated"])
   assert table["bernoulli"]["nelbo_discrete"] == ""  # not a model of 8-bit data
+  assert table["bernoulli"]["nelbo_calibrated"] == ""  # not a Gaussian
+  assert table["discretized_logistic"]["nelbo_calibrated"] == ""
   assert table["discretized_logistic"]["nelbo_discrete"] == table["discretized_logistic"]["nelbo"]
   assert table["discretized_logistic"]["discrete_likelihood"] == "True"
   _check_files(tmp_path, "compare_decoders", 3)
