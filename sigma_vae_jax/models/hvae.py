@@ -1,0 +1,454 @@
+"""The paper's 15-layer hierarchical VAE (App. B, Table 2): the deep-VAE baseline of
+Maaløe et al. (2019, BIVA's official PyTorch code, model type "vae") without the
+skip connections between stages, re-expressed in Flax linen.
+
+Structure (stage s = 1..L, L = `num_stages`; F = `filters`; B = `blocks_per_stage`):
+
+* Inference, bottom-up, q(z_s | z_(s-1)) with z_0 = x (mapped to [-1, 1]): stage s is
+  B gated residual blocks (kernel `first_kernel_size` in stage 1, `kernel_size`
+  elsewhere; the last block has stride 2 if s is in `downsample_stages`) followed by
+  a Gaussian head, ELU -> weight-normalised conv (`latent_kernel_size`) -> mean and
+  log-variance of z_s ([B, h_s, w_s, c_s], c_s = latent_channels - (s-1) *
+  latent_channel_step). The next stage reads the *sample* z_s.
+* Generation, top-down: p(z_L) = N(0, I); stage s maps z_s through the mirrored
+  blocks (reversed order, the stride-2 block as a transposed conv) to features d_s;
+  the Gaussian head of stage s-1 reads d_s and gives the learned conditional prior
+  p(z_(s-1) | z_s). ELU -> 1x1 weight-normalised conv of d_1 gives the likelihood's
+  `num_outputs` raw channels per pixel.
+* Gated residual block (as the reference): ELU -> conv(C->F) -> [+ skip input] ->
+  ELU -> dropout -> conv(F->2F, stride) -> a * sigmoid(b) -> + residual. As in the
+  reference, the first block of each stack has no residual (its input is x or a
+  latent sample) and its input ELU only in inference stages s > 1 (on z_(s-1));
+  a stride-2 block's residual is a 3x3/2 average pool. `GatedResBlock` also handles a residual
+  across a transposed stride (nearest-neighbour upsampling) or a channel change
+  (1x1 projection), which the stage layouts here never ask for: the strided block
+  of the generative path is the first of its stack. All convs are weight-normalised
+  (w = g * v / |v| per output channel, plus a bias), initialised without data (g = 1;
+  0.1 for the Gaussian heads, so that q and p start near N(0, 1)).
+* `skip_connections=True` adds the reference's "bottom-up / top-down" connections:
+  every inference block of stage s also reads the deterministic output of stage
+  s-1, every generative block of stage s the block outputs of stage s+1 (through
+  ELU -> a conv added after the first conv). Off by default, as in the paper.
+
+Bounded scales: each head's raw log-variance goes through `losses.softclip` to
+(`log_var_min`, `log_var_max`) = (-8, 3) by default (std in [0.018, 4.5]), for
+posteriors and learned priors alike; means are unbounded. KL(q || p) is in closed
+form against the learned prior (the reference uses the one-sample estimate
+log q - log p; its expectation is the same).
+
+Latent groups "z1".."zL" (bottom to top; an OrderedDict, so that jit keeps the
+order), each elementwise [B, h_s, w_s, c_s].
+Dropout (`dropout_rate`, both paths, as the reference's 0.5) is on only with
+train=True; its keys come from the `rng` argument (no Flax rng collections).
+`dtype` is the blocks' compute type; parameters, means/log-variances, latents and
+the decoder outputs are float32. `remat=True` rematerialises each stage's blocks
+(`nn.remat`) so larger batches fit: the same function and gradients.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sigma_vae_jax import losses
+from sigma_vae_jax.models.base import LatentGroup, ModelOutput
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+_HEAD_INIT_SCALE = 0.1
+_act = nn.elu
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `config.model` section: the 15-layer CIFAR-10 model of the paper."""
+  model = ml_collections.ConfigDict()
+  model.name = "hvae"
+  # Stochastic layers (stages), each one latent group z_s.
+  model.num_stages = 15
+  # Channels F of every gated residual block (the gate's conv has 2F).
+  model.filters = 96
+  # Gated residual blocks per stage, in each path.
+  model.blocks_per_stage = 3
+  # Conv kernel of stage 1's blocks, and of every other stage's blocks.
+  model.first_kernel_size = 5
+  model.kernel_size = 3
+  # 1-based stages whose last inference block has stride 2 (the generative path
+  # upsamples there). 32x32 images: z1-z10 at 16x16, z11-z14 at 8x8, z15 at 4x4.
+  model.downsample_stages = (1, 11, 15)
+  # Channels of z_1; each following stage has latent_channel_step fewer (38..10).
+  model.latent_channels = 38
+  model.latent_channel_step = 2
+  # Kernel of the convs that give each Gaussian's mean and log-variance.
+  model.latent_kernel_size = 3
+  # Dropout in every block of both paths, only when training.
+  model.dropout_rate = 0.5
+  # Bottom-up / top-down connections between stages (BIVA's); the paper's baseline
+  # has none.
+  model.skip_connections = False
+  # Soft-clip bounds (losses.softclip) on every posterior and prior log-variance.
+  model.log_var_min = -8.0
+  model.log_var_max = 3.0
+  # Compute type of the blocks: "float32" or "bfloat16" (parameters, latents and
+  # decoder outputs stay float32).
+  model.dtype = "float32"
+  # Rematerialise each stage in the backward pass (less memory, ~1/3 more compute).
+  model.remat = False
+  return model
+
+
+def _stage_specs(model_config, data_shape):
+  """Static per-stage sizes: [(kernel, downsample, latent_channels, (h, w))]."""
+  h, w = data_shape[0], data_shape[1]
+  specs = []
+  for s in range(1, model_config.num_stages + 1):
+    kernel = model_config.first_kernel_size if s == 1 else model_config.kernel_size
+    down = s in tuple(model_config.downsample_stages)
+    if down:
+      h, w = h // 2, w // 2
+    channels = model_config.latent_channels - (s - 1) * model_config.latent_channel_step
+    specs.append((kernel, down, channels, (h, w)))
+  return specs
+
+
+def _positive_int(model_config, field):
+  value = model_config[field]
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"model.{field}: must be a positive integer; got {value!r}")
+
+
+def validate(model_config, data_shape: Sequence[int]) -> None:
+  """Raises ValueError naming the config field if the model cannot take `data_shape`."""
+  if len(data_shape) != 3:
+    raise ValueError(f"dataset: the hierarchical VAE takes images (H, W, C); got "
+                     f"examples of shape {tuple(data_shape)}")
+  for field in ("num_stages", "filters", "blocks_per_stage", "first_kernel_size",
+                "kernel_size", "latent_channels", "latent_kernel_size"):
+    _positive_int(model_config, field)
+  for field in ("first_kernel_size", "kernel_size", "latent_kernel_size"):
+    if model_config[field] % 2 == 0:
+      raise ValueError(f"model.{field}: must be odd (same padding); got {model_config[field]}")
+  step = model_config.latent_channel_step
+  if not isinstance(step, int) or step < 0:
+    raise ValueError(f"model.latent_channel_step: must be a non-negative integer; got {step!r}")
+  last = model_config.latent_channels - (model_config.num_stages - 1) * step
+  if last < 1:
+    raise ValueError(
+        f"model.latent_channel_step: stage {model_config.num_stages} would have {last} "
+        f"latent channels (latent_channels={model_config.latent_channels}, "
+        f"num_stages={model_config.num_stages}); lower the step or raise latent_channels")
+  stages = tuple(model_config.downsample_stages)
+  if (len(set(stages)) != len(stages)
+      or any(not isinstance(s, int) or not 1 <= s <= model_config.num_stages for s in stages)):
+    raise ValueError(f"model.downsample_stages: distinct stage numbers in 1.."
+                     f"{model_config.num_stages}; got {stages}")
+  h, w, c = data_shape
+  factor = 2 ** len(stages)
+  if h % factor or w % factor or h < factor or w < factor:
+    raise ValueError(
+        f"dataset.image_size: model.downsample_stages={stages} halves the images "
+        f"{len(stages)} times, so height and width must be positive multiples of "
+        f"{factor}; got {h}x{w}")
+  if c < 1:
+    raise ValueError(f"images need at least one channel; got {c}")
+  if not 0.0 <= model_config.dropout_rate < 1.0:
+    raise ValueError(f"model.dropout_rate: must be in [0, 1); got {model_config.dropout_rate}")
+  if model_config.dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"model.dtype: must be one of {COMPUTE_DTYPES}; got {model_config.dtype!r}")
+  if not model_config.log_var_min < model_config.log_var_max:
+    raise ValueError(f"model.log_var_min: must be below model.log_var_max; got "
+                     f"{model_config.log_var_min} >= {model_config.log_var_max}")
+
+
+def build(model_config, data_shape: Sequence[int], num_outputs: int) -> "HierarchicalVAE":
+  validate(model_config, data_shape)
+  specs = _stage_specs(model_config, data_shape)
+  return HierarchicalVAE(
+      image_shape=tuple(data_shape), num_outputs=num_outputs,
+      filters=model_config.filters, blocks_per_stage=model_config.blocks_per_stage,
+      kernels=tuple(s[0] for s in specs), downsample=tuple(s[1] for s in specs),
+      latent_channels=tuple(s[2] for s in specs),
+      top_shape=specs[-1][3] + (specs[-1][2],),
+      latent_kernel_size=model_config.latent_kernel_size,
+      dropout_rate=float(model_config.dropout_rate),
+      skip_connections=bool(model_config.skip_connections),
+      log_var_min=float(model_config.log_var_min), log_var_max=float(model_config.log_var_max),
+      dtype=jnp.dtype(model_config.dtype), remat=bool(model_config.remat))
+
+
+class WNConv(nn.Module):
+  """Weight-normalised 2-D conv (or stride-s transposed conv), 'SAME' padding.
+
+  kernel v [k, k, C_in, F], scale g [F], bias [F]; the conv uses g * v / |v|, the
+  norm over each output channel's (k, k, C_in) weights. Computes in `dtype`.
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  transpose: bool = False
+  init_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel_size, self.stride
+    v = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+    g = self.param("scale", nn.initializers.constant(self.init_scale), (self.features,))
+    b = self.param("bias", nn.initializers.zeros, (self.features,))
+    w = v * (g * jax.lax.rsqrt(jnp.sum(v * v, axis=(0, 1, 2)) + 1e-12))
+    x, w = x.astype(self.dtype), w.astype(self.dtype)
+    dims = ("NHWC", "HWIO", "NHWC")
+    if self.transpose and s > 1:
+      y = jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=dims)
+    else:
+      y = jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=dims)
+    return y + b.astype(self.dtype)
+
+
+def _resize_like(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  """Nearest-neighbour upsampling of x [B, h, w, C] to [B, *hw, C] (integer factors)."""
+  fh, fw = hw[0] // x.shape[1], hw[1] // x.shape[2]
+  return jnp.repeat(jnp.repeat(x, fh, axis=1), fw, axis=2)
+
+
+class GatedResBlock(nn.Module):
+  """act -> conv(C->F) [+ conv(act(aux))] -> act -> dropout -> conv(F->2F, stride)
+  -> a * sigmoid(b) [+ residual]. `transpose`: the stride upsamples."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  transpose: bool = False
+  residual: bool = True
+  input_act: bool = True
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, aux, key, train: bool):
+    f, k = self.features, self.kernel_size
+    y = WNConv(f, k, dtype=self.dtype, name="conv1")(_act(x) if self.input_act else x)
+    if aux is not None:
+      ratio = aux.shape[1] / y.shape[1]
+      if ratio > 1:  # a larger skip input: strided conv
+        aux_conv = WNConv(f, k, stride=int(ratio), dtype=self.dtype, name="aux_conv")
+      elif ratio < 1:  # a smaller one: transposed conv
+        aux_conv = WNConv(f, k, stride=int(round(1 / ratio)), transpose=True,
+                          dtype=self.dtype, name="aux_conv")
+      else:
+        aux_conv = WNConv(f, 1, dtype=self.dtype, name="aux_conv")
+      y = y + aux_conv(_act(aux))
+    y = _act(y)
+    if self.dropout_rate > 0:
+      y = nn.Dropout(self.dropout_rate, deterministic=not train)(y, rng=key)
+    y = WNConv(2 * f, k, stride=self.stride, transpose=self.transpose, dtype=self.dtype,
+               name="conv2")(y)
+    a, b = jnp.split(y, 2, axis=-1)
+    y = a * jax.nn.sigmoid(b)
+    if self.residual:
+      r = x.astype(self.dtype)
+      if r.shape[1:3] != y.shape[1:3]:
+        if self.transpose:
+          r = _resize_like(r, y.shape[1:3])
+        else:
+          r = nn.avg_pool(r, (3, 3), (self.stride, self.stride), padding="SAME")
+      if r.shape[-1] != f:
+        r = WNConv(f, 1, dtype=self.dtype, name="residual_proj")(r)
+      y = y + r
+    return y
+
+
+class GaussianHead(nn.Module):
+  """act -> conv -> (mean, soft-clipped log-variance), float32 [B, h, w, channels]."""
+  channels: int
+  kernel_size: int
+  log_var_min: float
+  log_var_max: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    y = WNConv(2 * self.channels, self.kernel_size, init_scale=_HEAD_INIT_SCALE,
+               dtype=self.dtype, name="conv")(_act(h)).astype(jnp.float32)
+    mean, raw = jnp.split(y, 2, axis=-1)
+    return mean, losses.softclip(raw, self.log_var_min, self.log_var_max)
+
+
+def _split(key, num):
+  """`num` keys from `key` in one call (cheaper to compile than `num` fold_ins), or
+  [None] * num without a key (no dropout / no noise)."""
+  return [None] * num if key is None else list(jax.random.split(key, num))
+
+
+class InferenceStage(nn.Module):
+  """B gated residual blocks (the last strided if `downsample`) + the posterior head.
+
+  (x, aux, key, train) -> (h, mean, log_var): h the deterministic features (the
+  skip input of the next stage), mean/log_var of q(z_s | z_(s-1)).
+  """
+  filters: int
+  kernel_size: int
+  num_blocks: int
+  downsample: bool
+  latent_channels: int
+  latent_kernel_size: int
+  input_act: bool
+  log_var_min: float
+  log_var_max: float
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, aux, key, train: bool):
+    h, keys = x, _split(key, self.num_blocks)
+    for j in range(self.num_blocks):
+      stride = 2 if (self.downsample and j == self.num_blocks - 1) else 1
+      h = GatedResBlock(self.filters, self.kernel_size, stride=stride, residual=j > 0,
+                        input_act=self.input_act or j > 0, dropout_rate=self.dropout_rate,
+                        dtype=self.dtype, name=f"block{j}")(
+                            h, None if aux is None else aux[j], keys[j], train)
+    mean, log_var = GaussianHead(self.latent_channels, self.latent_kernel_size,
+                                 self.log_var_min, self.log_var_max, self.dtype,
+                                 name="q_head")(h)
+    return h, mean, log_var
+
+
+class GenerativeStage(nn.Module):
+  """The mirrored blocks: z_s -> d_s (the first block a transposed stride-2 conv if
+  `upsample`). (z, aux, key, train) -> (d, [each block's output])."""
+  filters: int
+  kernel_size: int
+  num_blocks: int
+  upsample: bool
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, aux, key, train: bool):
+    d, hidden, keys = z, [], _split(key, self.num_blocks)
+    for j in range(self.num_blocks):
+      stride = 2 if (self.upsample and j == 0) else 1
+      d = GatedResBlock(self.filters, self.kernel_size, stride=stride, transpose=True,
+                        residual=j > 0, input_act=j > 0, dropout_rate=self.dropout_rate,
+                        dtype=self.dtype, name=f"block{j}")(
+                            d, None if aux is None else aux[j], keys[j], train)
+      hidden.append(d)
+    return d, hidden
+
+
+class HierarchicalVAE(nn.Module):
+  """The hierarchical VAE (contract: `models.base`); see the module docstring.
+
+  Sizes are per stage, bottom (stage 1) to top: `kernels`, `downsample`,
+  `latent_channels`; `top_shape` = (h, w, c) of z_L. Built by `build`.
+  """
+  image_shape: Sequence[int]
+  num_outputs: int
+  filters: int
+  blocks_per_stage: int
+  kernels: Sequence[int]
+  downsample: Sequence[bool]
+  latent_channels: Sequence[int]
+  top_shape: Sequence[int]
+  latent_kernel_size: int = 3
+  dropout_rate: float = 0.5
+  skip_connections: bool = False
+  log_var_min: float = -8.0
+  log_var_max: float = 3.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    n = len(self.kernels)
+    q_cls = nn.remat(InferenceStage, static_argnums=(4,)) if self.remat else InferenceStage
+    p_cls = nn.remat(GenerativeStage, static_argnums=(4,)) if self.remat else GenerativeStage
+    self.q_stages = [
+        q_cls(self.filters, self.kernels[s], self.blocks_per_stage, self.downsample[s],
+              self.latent_channels[s], self.latent_kernel_size, input_act=s > 0,
+              log_var_min=self.log_var_min, log_var_max=self.log_var_max,
+              dropout_rate=self.dropout_rate, dtype=self.dtype)
+        for s in range(n)]
+    self.p_stages = [
+        p_cls(self.filters, self.kernels[s], self.blocks_per_stage, self.downsample[s],
+              dropout_rate=self.dropout_rate, dtype=self.dtype)
+        for s in range(n)]
+    # p(z_s | z_(s+1)) for s < L, read from the generative features of stage s+1.
+    self.p_heads = [
+        GaussianHead(self.latent_channels[s], self.latent_kernel_size, self.log_var_min,
+                     self.log_var_max, self.dtype)
+        for s in range(n - 1)]
+    self.out_conv = WNConv(self.num_outputs, 1, dtype=self.dtype)
+
+  @property
+  def num_stages(self) -> int:
+    return len(self.kernels)
+
+  def _infer(self, x, noise_key, drop_keys, train):
+    """Bottom-up: [(mean, log_var, z)] per stage; z = mean if noise_key is None."""
+    n = self.num_stages
+    noise_keys = _split(noise_key, n)
+    inp, aux, posteriors = 2.0 * x - 1.0, None, []
+    for s in range(n):
+      h, mean, log_var = self.q_stages[s](inp, aux, drop_keys[s], train)
+      if noise_key is None:
+        z = mean
+      else:
+        z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(noise_keys[s], mean.shape)
+      posteriors.append((mean, log_var, z))
+      inp, aux = z, ([h] * self.blocks_per_stage if self.skip_connections else None)
+    return posteriors
+
+  def _generate(self, zs, drop_keys, train):
+    """Top-down through the posterior samples zs (bottom to top).
+
+    Returns (decoder outputs, [(prior mean, prior log_var)] per stage, bottom to top).
+    """
+    n = self.num_stages
+    priors = [None] * n
+    d, hidden = self.p_stages[n - 1](zs[n - 1], None, drop_keys[n - 1], train)
+    for s in range(n - 2, -1, -1):
+      priors[s] = self.p_heads[s](d)
+      aux = hidden if self.skip_connections else None
+      d, hidden = self.p_stages[s](zs[s], aux, drop_keys[s], train)
+    return self._output(d), priors
+
+  def _output(self, d):
+    return self.out_conv(_act(d)).astype(jnp.float32)
+
+  def __call__(self, x: jax.Array, rng: jax.Array, train: bool = False) -> ModelOutput:
+    n = self.num_stages
+    noise_key, drop_key = jax.random.split(rng)
+    # One dropout key per stage and path (inference: [:n], generative: [n:]).
+    drop_keys = _split(drop_key if train and self.dropout_rate > 0 else None, 2 * n)
+    posteriors = self._infer(x, noise_key, drop_keys[:n], train)
+    out, priors = self._generate([p[2] for p in posteriors], drop_keys[n:], train)
+    # An OrderedDict keeps z1..zL in order through jit (a dict's keys come back sorted,
+    # z1, z10, z11, ..., z2).
+    latents = collections.OrderedDict()
+    for s, ((q_mean, q_log_var, z), prior) in enumerate(zip(posteriors, priors)):
+      p_mean, p_log_var = prior if prior is not None else (None, None)
+      latents[f"z{s + 1}"] = LatentGroup(
+          kl=losses.gaussian_kl(q_mean, q_log_var, p_mean, p_log_var),
+          log_q=losses.gaussian_log_prob(z, q_mean, q_log_var),
+          log_p=losses.gaussian_log_prob(z, p_mean, p_log_var))
+    return ModelOutput(decoder_outputs=out, target=x, latents=latents)
+
+  def reconstruct(self, x: jax.Array) -> jax.Array:
+    no_keys = [None] * self.num_stages
+    posteriors = self._infer(x, None, no_keys, False)
+    return self._generate([p[0] for p in posteriors], no_keys, False)[0]
+
+  def sample(self, rng: jax.Array, num: int, context: Optional[jax.Array] = None,
+             temperature: float = 1.0) -> jax.Array:
+    del context  # an unconditional image model
+    n = self.num_stages
+    keys = jax.random.split(rng, n)
+    z = temperature * jax.random.normal(keys[n - 1], (num, *self.top_shape))
+    d, hidden = self.p_stages[n - 1](z, None, None, False)
+    for s in range(n - 2, -1, -1):
+      mean, log_var = self.p_heads[s](d)
+      z = mean + temperature * jnp.exp(0.5 * log_var) * jax.random.normal(keys[s], mean.shape)
+      d, hidden = self.p_stages[s](z, hidden if self.skip_connections else None, None, False)
+    return self._output(d)
