@@ -18,6 +18,7 @@ from sigma_vae_jax.models.base import LatentGroup, ModelOutput
 # name -> module path (imported on first use, so unused models cost nothing).
 MODELS = {
     "conv_vae": "sigma_vae_jax.models.conv_vae",
+    "svg_lp": "sigma_vae_jax.models.svg_lp",
 }
 DEFAULT_MODEL = "conv_vae"
 
