@@ -19,6 +19,7 @@ from sigma_vae_jax.models.base import LatentGroup, ModelOutput
 MODELS = {
     "conv_vae": "sigma_vae_jax.models.conv_vae",
     "hvae": "sigma_vae_jax.models.hvae",
+    "svg_lp": "sigma_vae_jax.models.svg_lp",
 }
 DEFAULT_MODEL = "conv_vae"
 
