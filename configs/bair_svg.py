@@ -26,6 +26,7 @@ def get_config():
   config = default_config.get_config()
   config.dataset.name = "bair"
   config.dataset.on_device = False
+  config.dataset.as_clips = True  # examples are clips [clip_length, 64, 64, 3]
   config.model = svg_lp.default_config()
   # Training clips: 2 context + 10 predicted frames.
   config.dataset.clip_length = (config.model.get_ref("n_past")

@@ -21,7 +21,7 @@ COMPUTE_FIELDS = ("model.conv_impl", "model.dtype", "model.remat",
                   "model.fast_encoder", "model.fast_upsample", "model.fast_output")
 _LEGACY_CONV_FLAGS = ("fast_encoder", "fast_upsample", "fast_output")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-OPTIMIZERS = ("adam", "adamax")
+OPTIMIZERS = ("adam", "adamax", "sgd")
 # decoder.log_sigma_min below this lets float32 exp(-log_sigma) overflow (losses.py).
 _LOWEST_LOG_SIGMA_MIN = -80.0
 

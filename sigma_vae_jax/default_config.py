@@ -38,8 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.manual_dir = config_dict.placeholder(str)
   # False: never download (frey_face then needs its file in manual_dir).
   config.dataset.download = True
-  # Frames per clip for video datasets (bair); None: 12.
+  # Frames per clip for video datasets (bair, numpy_videos); None: 12 (bair), whole
+  # videos (numpy_videos).
   config.dataset.clip_length = config_dict.placeholder(int)
+  # bair: True makes each example a clip [clip_length, H, W, C] (video models such as
+  # svg_lp); False, single frames (image models).
+  config.dataset.as_clips = False
 
   # The model family (`models.MODELS`) and its fields: the paper's small conv VAE.
   # configs/*_hvae.py and configs/bair_svg*.py replace this section.
@@ -73,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.decoder.scale = "optimal"
 
   config.batch_size = 64
-  # "adam" or "adamax" (the hierarchical VAE's default), at learning_rate.
+  # "adam", "adamax" (the hierarchical VAE's default) or "sgd", at learning_rate.
   config.optimizer = "adam"
   config.learning_rate = 1e-3
   # Clip the global gradient norm to this before the update (None: no clipping).

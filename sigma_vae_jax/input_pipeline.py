@@ -59,7 +59,7 @@ def prepare_tensorflow() -> None:
 
 DATASETS: tuple[str, ...] = (
     "synthetic_shapes", "numpy", "folder", "mnist", "svhn", "cifar10", "celeba",
-    "frey_face", "bair")
+    "frey_face", "bair", "numpy_videos")
 
 # Seed of the held-out test split of datasets without one (fixed: the test set must not
 # change with the training seed).
@@ -110,12 +110,15 @@ def check_images(images: np.ndarray, *, expected_shape=None) -> None:
   `expected_shape`: (H, W, C) of one image, or (N, H, W, C); None entries match any.
   """
   images = np.asarray(images) if not hasattr(images, "dtype") else images
+  clips = expected_shape is not None and len(tuple(expected_shape)) == 4
   form = "uint8 images of shape [N, H, W, C]"
-  if expected_shape is not None:
+  if clips:
+    form = f"uint8 clips of shape [N, {', '.join(map(str, tuple(expected_shape)))}]"
+  elif expected_shape is not None:
     form = f"uint8 images of shape [N, {', '.join(map(str, tuple(expected_shape)[-3:]))}]"
   if images.dtype != np.uint8:
     raise ValueError(f"Expected {form}; got dtype {images.dtype}.")
-  if images.ndim != 4:
+  if images.ndim != (5 if clips else 4):
     raise ValueError(f"Expected {form}; got an array of shape {tuple(images.shape)} "
                      f"(ndim {images.ndim}).")
   if expected_shape is not None:
@@ -431,19 +434,31 @@ class _TfdsBackend:
   """A TFDS builder streamed with tf.data (shuffle encoded, skip, then decode)."""
 
   def __init__(self, builder, spec: _TfdsSpec, preprocess: _Preprocess,
-               shuffle_buffer: int, clip_length: int):
+               shuffle_buffer: int, clip_length: int, as_clips: bool = False):
     self._builder = builder
     self._spec = spec
     self._buffer = int(shuffle_buffer)
     self.video = spec.video
     self.clip_length = clip_length
+    # Examples are clips of clip_length consecutive frames (video models), not frames.
+    self.as_clips = bool(as_clips and spec.video)
     self._feature = builder.info.features[spec.image_key]
     self._pre = preprocess.simplified(self.native_shape)
     if spec.video:
-      self.frames = int(tuple(builder.info.features.shape[spec.image_key])[0])
+      video_frames = int(tuple(builder.info.features.shape[spec.image_key])[0])
+      if self.as_clips and not 1 <= clip_length <= video_frames:
+        raise ValueError(f"`dataset.clip_length`={clip_length} must be in [1, "
+                         f"{video_frames}] (frames per {spec.tfds_name} video).")
+      # Examples per video: its frames, or its non-overlapping clips.
+      self.frames = video_frames // clip_length if self.as_clips else video_frames
     else:
       self.frames = 1
     self._units = {s: self._count(t) for s, t in spec.splits.items()}
+
+  def example_shape(self) -> tuple[int, ...]:
+    """One example as the model sees it: (H, W, C), or (L, H, W, C) for clips."""
+    frame = self._pre.output_shape(self.native_shape)
+    return (self.clip_length,) + frame if self.as_clips else frame
 
   @property
   def native_shape(self):
@@ -476,6 +491,11 @@ class _TfdsBackend:
     return ds.map(lambda ex: ex[key], num_parallel_calls=tf.data.AUTOTUNE)
 
   def _decode(self, encoded):
+    if self.as_clips:  # [L] encoded frames -> uint8 [L, H, W, C]
+      return tf.map_fn(self._decode_frame, encoded, fn_output_signature=tf.uint8)
+    return self._decode_frame(encoded)
+
+  def _decode_frame(self, encoded):
     return self._pre.tf_apply(self._feature.decode_example(encoded))
 
   def _frames(self, tfds_split, *, shuffle_seed: int | None) -> tf.data.Dataset:
@@ -485,7 +505,7 @@ class _TfdsBackend:
       if shuffle_seed is not None:  # Videos first, then frames (they are correlated).
         ds = ds.shuffle(max(1, self._buffer // self.frames), seed=shuffle_seed,
                         reshuffle_each_iteration=False)
-      ds = ds.unbatch()
+      ds = clips_dataset(ds, self.clip_length) if self.as_clips else ds.unbatch()
     if shuffle_seed is not None:
       ds = ds.shuffle(self._buffer, seed=shuffle_seed + 1, reshuffle_each_iteration=False)
     return ds
@@ -499,8 +519,7 @@ class _TfdsBackend:
     tfds_split = self._spec.splits[split]
     ds = self._frames(tfds_split, shuffle_seed=None)
     n = self._units[split] * self.frames
-    shape = self._pre.output_shape(self.native_shape)
-    out = np.empty((n,) + shape, np.uint8)
+    out = np.empty((n,) + self.example_shape(), np.uint8)
     i = 0
     for batch in tfds.as_numpy(self._batched(ds, _LOAD_BATCH, drop_remainder=False)):
       if i + len(batch) > n:
@@ -515,7 +534,7 @@ class _TfdsBackend:
     ds = self._encoded(self._spec.splits[split], shuffle_seed=None)
     if max_videos is not None:
       ds = ds.take(max_videos)
-    ds = ds.map(lambda v: tf.map_fn(self._decode, v, fn_output_signature=tf.uint8),
+    ds = ds.map(lambda v: tf.map_fn(self._decode_frame, v, fn_output_signature=tf.uint8),
                 num_parallel_calls=tf.data.AUTOTUNE)
     videos = list(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
     if not videos:
@@ -557,8 +576,9 @@ class _TfdsBackend:
 def _require_path(cfg, kind: str) -> str:
   path = _get(cfg, "path", "")
   if not path:
-    what = ("a .npy/.npz file with a uint8 array [N, H, W] or [N, H, W, C]"
-            if kind == "numpy" else "a folder of image files (png/jpg)")
+    what = {"numpy": "a .npy/.npz file with a uint8 array [N, H, W] or [N, H, W, C]",
+            "numpy_videos": "a .npy/.npz file of uint8 videos [N, T, H, W, C]",
+            }.get(kind, "a folder of image files (png/jpg)")
     raise ValueError(f"dataset.name={kind!r} needs `dataset.path`: {what}; it is empty.")
   path = os.path.expanduser(os.fspath(path))
   if not os.path.exists(path):
@@ -645,6 +665,48 @@ def _holdout_source(name: str, images: np.ndarray, cfg, pre: _Preprocess) -> Dat
                     _backend=_ArrayBackend(splits))
 
 
+def _video_holdout_source(name: str, videos: np.ndarray, cfg, pre: _Preprocess
+                          ) -> DataSource:
+  """Videos [N, T, H, W, C]: a seeded fraction of the *videos* held out (no clip of a
+  test video is trained on), each split cut into non-overlapping clips of
+  `dataset.clip_length` frames (default: whole videos)."""
+  n, t = videos.shape[:2]
+  frames = pre.simplified(videos.shape[2:]).np_apply(videos.reshape((-1,) + videos.shape[2:]))
+  videos = frames.reshape((n, t) + frames.shape[1:])
+  length = int(_get(cfg, "clip_length", t))
+  idx = holdout_indices(n, _get(cfg, "test_fraction", 0.1))
+  splits = {s: extract_clips(videos[idx[s]], length) for s in _SPLITS}
+  return DataSource(name=name, image_shape=tuple(int(x) for x in splits["train"].shape[1:]),
+                    num_examples={s: len(v) for s, v in splits.items()},
+                    _backend=_ArrayBackend(splits))
+
+
+def load_numpy_videos(path: str) -> np.ndarray:
+  """uint8 videos [N, T, H, W, C] (or [N, T, H, W]) from a .npy / .npz file."""
+  if os.path.isdir(path):
+    raise ValueError(f"`dataset.path`={path!r} is a folder; dataset.name='numpy_videos' "
+                     f"needs a .npy/.npz file of uint8 videos [N, T, H, W, C].")
+  with open(path, "rb") as f:
+    try:
+      loaded = np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+      raise ValueError(f"`dataset.path`={path!r} is not a readable .npy/.npz file "
+                       f"({e}).") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+      key = "videos" if "videos" in loaded.files else (loaded.files or [None])[0]
+      if key is None:
+        raise ValueError(f"`dataset.path`={path!r}: the .npz file holds no arrays.")
+      videos = loaded[key]
+    else:
+      videos = loaded
+  if videos.dtype != np.uint8 or videos.ndim not in (4, 5):
+    raise ValueError(f"`dataset.path`={path!r}: expected uint8 videos [N, T, H, W, C] "
+                     f"or [N, T, H, W]; got {videos.dtype} of shape {videos.shape}.")
+  if videos.ndim == 4:
+    videos = videos[..., None]
+  return np.ascontiguousarray(videos)
+
+
 def _load_in_source_order(builder, image_key: str, index_key: str = "index",
                           split: str = "train") -> np.ndarray:
   """All images of a small TFDS split, sorted by their `index` feature (source order)."""
@@ -688,6 +750,9 @@ def get_data_source(dataset_config) -> DataSource:
   if name == "numpy":
     path = _require_path(dataset_config, name)
     return _holdout_source(name, load_numpy_images(path), dataset_config, pre)
+  if name == "numpy_videos":
+    path = _require_path(dataset_config, name)
+    return _video_holdout_source(name, load_numpy_videos(path), dataset_config, pre)
   if name == "folder":
     path = _require_path(dataset_config, name)
     return _holdout_source(name, load_image_folder(path), dataset_config, pre)
@@ -701,9 +766,10 @@ def get_data_source(dataset_config) -> DataSource:
     # seeded fraction in memory.
     return _holdout_source(name, _load_in_source_order(builder, spec.image_key),
                            dataset_config, pre)
-  backend = _TfdsBackend(builder, spec, pre, shuffle_buffer, clip_length)
+  backend = _TfdsBackend(builder, spec, pre, shuffle_buffer, clip_length,
+                         as_clips=bool(_get(dataset_config, "as_clips", False)))
   return DataSource(
-      name=name, image_shape=pre.output_shape(backend.native_shape),
+      name=name, image_shape=backend.example_shape(),
       num_examples={s: backend.units(s)[0] * backend.frames for s in _SPLITS},
       _backend=backend)
 

@@ -88,3 +88,37 @@ def image_grid(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray
 def save_image_grid(path: str, images: np.ndarray, columns: int = 8) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(image_grid(images, columns)).save(path)
+
+
+def save_video_strips(png_path: str, gif_path: str, truth: np.ndarray,
+                      recons: np.ndarray, samples: np.ndarray, num_context: int,
+                      frame_ms: int = 200) -> None:
+  """PNG strips and a GIF of video predictions (floats in [0, 1]).
+
+  truth [N, T, H, W, C]; recons [N, T_r, ...] (the last T_r frames); samples
+  [N, T_s, ...] generated after the first `num_context` frames. The PNG has three rows
+  per clip: context | ground truth, context | reconstructions, context | samples
+  (missing frames blank). The GIF plays the sampled clips (context, then samples)
+  side by side with the ground truth.
+  """
+  n, t = truth.shape[:2]
+  blank = np.ones_like(truth[:, :1])
+
+  def row(frames, start):
+    before = [truth[:, :min(start, num_context)]] + [blank] * max(0, start - num_context)
+    out = np.concatenate(before + [frames], axis=1)[:, :t]
+    if out.shape[1] < t:
+      out = np.concatenate([out] + [blank] * (t - out.shape[1]), axis=1)
+    return out
+
+  rows = np.stack([truth, row(recons, t - recons.shape[1]), row(samples, num_context)], 1)
+  save_image_grid(png_path, rows.reshape((-1,) + truth.shape[2:]), columns=t)
+  generated = np.concatenate([truth[:, :num_context], samples], axis=1)
+  length = generated.shape[1]
+  frames = []
+  for i in range(length):
+    gt = truth[:, min(i, t - 1)]
+    frames.append(Image.fromarray(image_grid(np.concatenate([gt, generated[:, i]]),
+                                             columns=n)))
+  frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=frame_ms,
+                 loop=0)

@@ -28,7 +28,7 @@ from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import objectives
 
-OPTIMIZERS = {"adam": optax.adam, "adamax": optax.adamax}
+OPTIMIZERS = {"adam": optax.adam, "adamax": optax.adamax, "sgd": optax.sgd}
 
 
 class TrainState(struct.PyTreeNode):

@@ -259,11 +259,16 @@ class Trainer:
     return self.likelihood.mean(out, *self._likelihood_args(state))
 
   def _sample(self, state, rng, num: int, context=None, temperature: float = 1.0):
-    """Likelihood means of `num` prior samples, in [0, 1]."""
+    """Likelihood means of `num` prior samples, in [0, 1]. Video models condition
+    on `context` (uint8 or float frames [num, T_context, H, W, C]) and feed each
+    generated frame back as the likelihood's mean."""
+    lik_args = self._likelihood_args(state)
+    kwargs = {}
     if context is not None:
       context = input_pipeline.to_float(context)
-    out = self._apply(state, "sample", rng, num, context, temperature)
-    return self.likelihood.mean(out, *self._likelihood_args(state))
+      kwargs["output_to_frame"] = lambda out: self.likelihood.mean(out, *lik_args)
+    out = self._apply(state, "sample", rng, num, context, temperature, **kwargs)
+    return self.likelihood.mean(out, *lik_args)
 
   # ---- evaluation and images --------------------------------------------------
 
@@ -291,12 +296,30 @@ class Trainer:
     metrics["num_examples"] = float(count)
     return {k: float(v) for k, v in metrics.items()}
 
+  @property
+  def num_context_frames(self) -> int:
+    """Frames a video model's samples condition on (0 for image models)."""
+    return int(getattr(self.model, "num_context_frames", 0))
+
   def write_images(self, state: steps.TrainState, images: np.ndarray, directory: str,
                    step: int) -> None:
     """images/step_<N>_recons.png (rows of 8 test images, then their
-    reconstructions) and step_<N>_samples.png (prior samples)."""
+    reconstructions) and step_<N>_samples.png (prior samples); for video models
+    step_<N>_video.png (context | truth, reconstructions, samples) and
+    step_<N>_samples.gif."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), IMAGE_STREAM)
     batch = self.global_array(images, self.replicated)
+    if self.num_context_frames:
+      clips = batch[:8]
+      context = clips[:, :self.num_context_frames]
+      recons, samples = jax.device_get((self.reconstruct(state, clips),
+                                        self.sample(state, rng, len(clips), context)))
+      reporting.save_video_strips(
+          os.path.join(directory, f"step_{step}_video.png"),
+          os.path.join(directory, f"step_{step}_samples.gif"),
+          np.asarray(images[:8], np.float32) / 255.0, recons, samples,
+          self.num_context_frames)
+      return
     recons, samples = jax.device_get((self.reconstruct(state, batch),
                                       self.sample(state, rng, len(images))))
     originals = np.asarray(images, np.float32) / 255.0

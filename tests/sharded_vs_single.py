@@ -21,7 +21,8 @@ from sigma_vae_jax import trainer as trainer_lib  # noqa: E402
 
 def main(model_name, decoder_name):
   assert jax.device_count() == 8, jax.devices()
-  config = tiny_models.tiny_config(model_name, decoder_name, batch_size=16)
+  config = tiny_models.tiny_config(model_name, decoder_name, batch_size=16,
+                                    **tiny_models.sharded_overrides(model_name))
   data = tiny_models.smooth_data(model_name, 40)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):

@@ -10,6 +10,7 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
+import tiny_models
 from sigma_vae_jax import train
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -35,7 +36,13 @@ def test_there_is_a_config_per_experiment():
 def test_every_config_trains_a_few_steps_offline(name, tmp_path):
   config = _load(name)
   config.dataset.data_dir = str(tmp_path / "tfds")
-  config.model.latent_dim, config.model.base_channels = 4, 4
+  # The config's model at its tiny test size (tests/tiny_models.py), on data resized
+  # to the tiny model's example shape.
+  for key, value in tiny_models.TINY[config.model.name]["fields"].items():
+    config.model[key] = value
+  tiny_shape = tiny_models.data_shape(config.model.name)
+  if config.model.name != "conv_vae":
+    config.dataset.image_size = tiny_shape[-3:-1]
   config.batch_size = 8
   config.num_train_steps = 2
   config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 2

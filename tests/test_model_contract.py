@@ -61,8 +61,9 @@ def test_forward_pass_shapes(model_name, decoder_name):
     assert bool(jnp.all(group.kl >= -1e-5)), name  # a KL is never negative
   recon = trainer.reconstruct(state, jnp.asarray(data))
   assert recon.shape == target.shape
-  samples = trainer.sample(state, jax.random.PRNGKey(1), num=3)
-  assert samples.shape == (3,) + target.shape[1:]
+  context = tiny_models.context(model_name, data[:3])
+  samples = trainer.sample(state, jax.random.PRNGKey(1), 3, context)
+  assert samples.shape[0] == 3 and samples.shape[-3:] == target.shape[-3:]
   assert float(samples.min()) >= 0 and float(samples.max()) <= 1
 
 
@@ -152,8 +153,9 @@ def test_evaluation_api_runs_through_the_contract(model_name):
   nll = evaluate.iwae_nll(trainer, state, data, num_samples=3, batch_size=8,
                           rng=jax.random.PRNGKey(0))
   assert nll.shape == (10,) and np.all(np.isfinite(nll))
-  samples = evaluate.prior_samples(trainer, state, 5, jax.random.PRNGKey(0), batch_size=4)
-  assert samples.shape == (5,) + trainer.target_shape
+  if tiny_models.context(model_name, data) is None:
+    samples = evaluate.prior_samples(trainer, state, 5, jax.random.PRNGKey(0), batch_size=4)
+    assert samples.shape == (5,) + trainer.target_shape
 
 
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
@@ -165,12 +167,13 @@ def test_eight_simulated_devices_give_the_same_step_and_metrics_as_one(model_nam
   r = json.loads(result.stdout.strip().splitlines()[-1])
   assert r["num_devices"] == 8
   assert r["steps"] == [3, 3]
-  assert r["param_max_abs_diff"] <= 1e-5 * r["param_max_abs"], r
-  np.testing.assert_allclose(r["loss_sharded"], r["loss_single"], rtol=1e-5)
+  rtol = tiny_models.sharded_rtol(model_name)
+  assert r["param_max_abs_diff"] <= rtol * r["param_max_abs"], r
+  np.testing.assert_allclose(r["loss_sharded"], r["loss_single"], rtol=rtol)
   # The closed-form sigma is over the *global* batch: its running average agrees.
   for key, value in r["likelihood_state_single"].items():
-    np.testing.assert_allclose(r["likelihood_state_sharded"][key], value, rtol=1e-5)
+    np.testing.assert_allclose(r["likelihood_state_sharded"][key], value, rtol=rtol)
   for key, value in r["eval_single"].items():
-    np.testing.assert_allclose(r["eval_sharded"][key], value, rtol=1e-4, atol=1e-3,
+    np.testing.assert_allclose(r["eval_sharded"][key], value, rtol=10 * rtol, atol=1e-3,
                                err_msg=key)
   assert r["cache_size"] == 1

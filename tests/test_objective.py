@@ -33,6 +33,7 @@ from sigma_vae_jax import trainer as trainer_lib
 IMAGE_SHAPE = (4, 4, 1)
 NUM_PIXELS = math.prod(IMAGE_SHAPE)
 LOG_2PI = math.log(2 * math.pi)
+LOG_SIGMA_MIN = -6.0  # the default decoder.log_sigma_min
 
 
 # ----------------------------------------------------------------------------------
@@ -227,7 +228,11 @@ def _reference_objective(xp, name, beta, x, mean, log_var, eps, decode):
   else:
     m = 1.0 / (1.0 + xp.exp(-out))
     if name == "optimal_sigma":
-      variance = xp.mean((x - m) ** 2)  # sigma*^2: the MSE over the whole batch
+      # sigma*^2: the MSE over the whole batch, its log sigma soft-clipped from below
+      # at decoder.log_sigma_min = -6 (paper Sec. 3.1): low + softplus(log_sigma - low).
+      log_sigma = 0.5 * xp.log(xp.mean((x - m) ** 2))
+      log_sigma = LOG_SIGMA_MIN + xp.logaddexp(0.0, log_sigma - LOG_SIGMA_MIN)
+      variance = xp.exp(2.0 * log_sigma)
     else:
       variance = 1.0  # the beta-VAE trains the unit-variance Gaussian
     nll = 0.5 * (x - m) ** 2 / variance + 0.5 * xp.log(2 * xp.pi * variance)
@@ -371,12 +376,16 @@ def test_running_sigma_averages_the_batch_sigmas_and_every_metric_uses_it():
   images = _images(12, seed=13, low=100, high=160)
   x = images.astype(np.float64) / 255.0
   assert abs(math.log(np.mean((x - decoder_mean) ** 2) / running)) > 1.0
+  # What evaluation uses: the running sigma, soft-clipped from below at
+  # decoder.log_sigma_min (low + softplus(log_sigma - low)), as every sigma is.
+  log_sigma = 0.5 * math.log(running)
+  used = math.exp(2 * (LOG_SIGMA_MIN + np.logaddexp(0.0, log_sigma - LOG_SIGMA_MIN)))
   got = evaluate.evaluate_elbo(trainer, state, images, batch_size=8)
   kl = float(_kl(post_mean, post_log_var))
-  _check_eval(got, _expected_eval(x, decoder_mean, running, kl), 12)
+  _check_eval(got, _expected_eval(x, decoder_mean, used, kl), 12)
   beta = evaluate.effective_beta(trainer, state)
-  np.testing.assert_allclose(beta["effective_beta"], running, rtol=2e-5)
-  np.testing.assert_allclose(beta["effective_beta_paper"], 2 * running, rtol=2e-5)
+  np.testing.assert_allclose(beta["effective_beta"], used, rtol=2e-5)
+  np.testing.assert_allclose(beta["effective_beta_paper"], 2 * used, rtol=2e-5)
 
 
 # ----------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ Methods (all outputs float32; `x` is the float input batch in [0, 1]):
   draws from the prior (latent noise scaled by `temperature`). Video models
   condition on `context` (the first frames of `num` clips).
 
+Video models also have `num_context_frames` (the frames `sample` conditions on), and
+their `sample` takes `output_to_frame` (raw outputs -> the frame fed back, e.g. the
+likelihood's mean).
+
 Optional, for models with one Gaussian latent group and a N(0, I) prior:
 * `encode(x) -> (mean, log_var)`, each [B, latent_dim] (rate decomposition).
 

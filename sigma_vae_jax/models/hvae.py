@@ -120,11 +120,9 @@ def _positive_int(model_config, field):
     raise ValueError(f"model.{field}: must be a positive integer; got {value!r}")
 
 
-def validate(model_config, data_shape: Sequence[int]) -> None:
-  """Raises ValueError naming the config field if the model cannot take `data_shape`."""
-  if len(data_shape) != 3:
-    raise ValueError(f"dataset: the hierarchical VAE takes images (H, W, C); got "
-                     f"examples of shape {tuple(data_shape)}")
+def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
+  """Raises ValueError, its message starting with the config field at fault, if the
+  fields are invalid or (given one example's `data_shape`) the model cannot take it."""
   for field in ("num_stages", "filters", "blocks_per_stage", "first_kernel_size",
                 "kernel_size", "latent_channels", "latent_kernel_size"):
     _positive_int(model_config, field)
@@ -145,15 +143,6 @@ def validate(model_config, data_shape: Sequence[int]) -> None:
       or any(not isinstance(s, int) or not 1 <= s <= model_config.num_stages for s in stages)):
     raise ValueError(f"model.downsample_stages: distinct stage numbers in 1.."
                      f"{model_config.num_stages}; got {stages}")
-  h, w, c = data_shape
-  factor = 2 ** len(stages)
-  if h % factor or w % factor or h < factor or w < factor:
-    raise ValueError(
-        f"dataset.image_size: model.downsample_stages={stages} halves the images "
-        f"{len(stages)} times, so height and width must be positive multiples of "
-        f"{factor}; got {h}x{w}")
-  if c < 1:
-    raise ValueError(f"images need at least one channel; got {c}")
   if not 0.0 <= model_config.dropout_rate < 1.0:
     raise ValueError(f"model.dropout_rate: must be in [0, 1); got {model_config.dropout_rate}")
   if model_config.dtype not in COMPUTE_DTYPES:
@@ -161,6 +150,26 @@ def validate(model_config, data_shape: Sequence[int]) -> None:
   if not model_config.log_var_min < model_config.log_var_max:
     raise ValueError(f"model.log_var_min: must be below model.log_var_max; got "
                      f"{model_config.log_var_min} >= {model_config.log_var_max}")
+  if data_shape is None:
+    return
+  if len(data_shape) != 3:
+    raise ValueError(f"dataset.name: the hierarchical VAE takes images (H, W, C); got "
+                     f"examples of shape {tuple(data_shape)}")
+  validate_image_size(model_config, data_shape[:2])
+  if data_shape[2] < 1:
+    raise ValueError(f"dataset.name: images need at least one channel; got {data_shape[2]}")
+
+
+def validate_image_size(model_config, size: Sequence[int]) -> None:
+  """(H, W) must be positive multiples of 2 ** (number of downsampling stages)."""
+  stages = tuple(model_config.downsample_stages)
+  h, w = size
+  factor = 2 ** len(stages)
+  if h % factor or w % factor or h < factor or w < factor:
+    raise ValueError(
+        f"dataset.image_size: model.downsample_stages={stages} halves the images "
+        f"{len(stages)} times, so height and width must be positive multiples of "
+        f"{factor}; got {h}x{w}")
 
 
 def build(model_config, data_shape: Sequence[int], num_outputs: int) -> "HierarchicalVAE":

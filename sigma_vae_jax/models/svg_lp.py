@@ -140,24 +140,13 @@ def stage_sizes(num_stages: int, width: float) -> tuple[tuple[int, int], ...]:
   return tuple((max(1, int(round(c * width))), n) for c, n in VGG64_STAGES[:num_stages])
 
 
-def validate(model_config, data_shape: Sequence[int]) -> None:
-  """Raises ValueError naming the config field if SVG-LP cannot take clips of `data_shape`."""
-  if len(data_shape) != 4:
-    raise ValueError(f"dataset: svg_lp takes video clips (T, H, W, C); got examples of "
-                     f"shape {tuple(data_shape)}")
-  t, h, w, c = data_shape
+def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
+  """Raises ValueError, its message starting with the config field at fault, if the
+  fields are invalid or (given one clip's `data_shape`) SVG-LP cannot take it."""
   stages = model_config.num_stages
   if not isinstance(stages, int) or not 1 <= stages <= len(VGG64_STAGES):
     raise ValueError(f"model.num_stages: must be an integer in 1..{len(VGG64_STAGES)}; "
                      f"got {stages!r}")
-  size = frame_size(stages)
-  if (h, w) != (size, size):
-    raise ValueError(
-        f"dataset.image_size: svg_lp with model.num_stages={stages} takes {size}x{size} "
-        f"frames (4 * 2**num_stages); got {h}x{w}. Set dataset.image_size=({size}, {size}) "
-        f"or model.num_stages to match (4 for 64x64).")
-  if c < 1:
-    raise ValueError(f"frames need at least one channel; got {c}")
   for field in ("g_dim", "z_dim", "rnn_size", "predictor_rnn_layers",
                 "posterior_rnn_layers", "prior_rnn_layers", "n_past", "n_future"):
     value = model_config[field]
@@ -167,16 +156,37 @@ def validate(model_config, data_shape: Sequence[int]) -> None:
     raise ValueError(f"model.n_eval: the evaluation clip length must exceed model.n_past="
                      f"{model_config.n_past} (n_eval - n_past frames are generated); got "
                      f"{model_config.n_eval!r}")
-  if t < model_config.n_past + 1:
-    raise ValueError(f"dataset.clip_length: clips need the model.n_past={model_config.n_past} "
-                     f"context frames and at least one more (n_past + n_future="
-                     f"{model_config.n_past + model_config.n_future} in training); got {t}")
   if not model_config.width > 0:
     raise ValueError(f"model.width: must be positive; got {model_config.width!r}")
   if model_config.norm not in NORMS:
     raise ValueError(f"model.norm: must be one of {NORMS}; got {model_config.norm!r}")
   if model_config.dtype not in DTYPES:
     raise ValueError(f"model.dtype: must be one of {DTYPES}; got {model_config.dtype!r}")
+  if data_shape is None:
+    return
+  if len(data_shape) != 4:
+    raise ValueError(f"dataset.clip_length: svg_lp takes video clips (T, H, W, C); got "
+                     f"examples of shape {tuple(data_shape)} (set dataset.clip_length)")
+  t, h, w, c = data_shape
+  validate_image_size(model_config, (h, w))
+  if c < 1:
+    raise ValueError(f"dataset.name: frames need at least one channel; got {c}")
+  if t < model_config.n_past + 1:
+    raise ValueError(f"dataset.clip_length: clips need the model.n_past={model_config.n_past} "
+                     f"context frames and at least one more (n_past + n_future="
+                     f"{model_config.n_past + model_config.n_future} in training); got {t}")
+
+
+def validate_image_size(model_config, size: Sequence[int]) -> None:
+  """Frames must be 4 * 2**num_stages pixels square (64x64 for vgg_64)."""
+  stages = model_config.num_stages
+  frame = frame_size(stages)
+  h, w = size
+  if (h, w) != (frame, frame):
+    raise ValueError(
+        f"dataset.image_size: svg_lp with model.num_stages={stages} takes {frame}x{frame} "
+        f"frames (4 * 2**num_stages); got {h}x{w}. Set dataset.image_size=({frame}, {frame}) "
+        f"or model.num_stages to match (4 for 64x64).")
 
 
 def build(model_config, data_shape: Sequence[int], num_outputs: int) -> "SVGLP":
@@ -470,6 +480,11 @@ class SVGLP(nn.Module):
   norm: str = "batch"
   remat: bool = False
   dtype: Any = jnp.float32
+
+  @property
+  def num_context_frames(self) -> int:
+    """Frames `sample` conditions on (the model contract's video models)."""
+    return self.n_past
 
   def setup(self):
     encoder_cls = nn.remat(FrameEncoder) if self.remat else FrameEncoder
