@@ -27,25 +27,18 @@ the same for every step, so it does not depend on how many frames the loss cover
 another frame size beta scales with D (e.g. 0.1536 at 32x32x3).
 """
 
-import importlib.util
 import os
+
+from sigma_vae_jax import configuration
 
 # The reference's KL weight on its mean squared error, and its frames.
 REFERENCE_KL_WEIGHT = 1e-4
 FRAME_VALUES = 64 * 64 * 3
 
 
-def _bair_svg_config():
-  # Config files are loaded by path, not as a package: load the sibling file the same way.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bair_svg.py")
-  spec = importlib.util.spec_from_file_location("_configs_bair_svg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def get_config():
-  config = _bair_svg_config()
+  config = configuration.load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "bair_svg.py"))
   config.decoder.name = "beta"
   config.decoder.beta = REFERENCE_KL_WEIGHT * FRAME_VALUES / 2  # 0.6144
   return config

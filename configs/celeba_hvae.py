@@ -5,28 +5,18 @@ configs/celeba.py (148-pixel centre crop resized to 32x32, streamed). Paper, Tab
 (optimal sigma): -8446 nats, FID 60.3.
 """
 
-from sigma_vae_jax import default_config
-from sigma_vae_jax.models import hvae
+import os
+
+from sigma_vae_jax import configuration
 
 
 def get_config():
-  config = default_config.get_config()
+  # The CIFAR-10 model and training settings, on CelebA's 148-pixel centre crop at 32x32.
+  config = configuration.load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10_hvae.py"))
   config.dataset.name = "celeba"
   config.dataset.center_crop = 148
   config.dataset.image_size = (32, 32)
   config.dataset.on_device = False
-  config.model = hvae.default_config()
-  config.decoder.name = "optimal_sigma"
-  config.batch_size = 48
-  config.learning_rate = 2e-3
   config.num_train_steps = 40_000
-  # Trainer fields of the hierarchical VAE (plain assignment creates them where
-  # default_config does not have them yet).
-  config.optimizer = "adamax"
-  config.ema_decay = 0.9995
-  config.free_bits = 2.0  # nats per latent group (z1..z15), training loss only
-  config.grad_clip_norm = 200.0
-  config.skip_update_grad_norm = 1e4
-  config.eval_every_steps = 2_000
-  config.checkpoint_every_steps = 2_000
   return config

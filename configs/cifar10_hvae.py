@@ -22,8 +22,7 @@ def get_config():
   config.batch_size = 48
   config.learning_rate = 2e-3
   config.num_train_steps = 30_000
-  # Trainer fields of the hierarchical VAE (plain assignment creates them where
-  # default_config does not have them yet).
+  # The deep-VAE training options of the reference implementation.
   config.optimizer = "adamax"
   config.ema_decay = 0.9995
   config.free_bits = 2.0  # nats per latent group (z1..z15), training loss only

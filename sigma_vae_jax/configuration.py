@@ -6,6 +6,8 @@ Runs before any data loading or compilation, so a bad launch fails in seconds.
 from __future__ import annotations
 
 import math
+import importlib.util
+import os
 from typing import Sequence
 
 from sigma_vae_jax import likelihoods
@@ -172,3 +174,16 @@ def validate_sigma_axes(decoder_config, target_shape) -> None:
   _require(max(axes) < rank, "decoder.sigma_axes",
            f"the model's target is [batch, {', '.join(map(str, target_shape))}] "
            f"(rank {rank}), so axes must be below {rank}; got {tuple(axes)}")
+
+
+def load_config_file(path: str):
+  """`get_config()` of a config file (e.g. configs/svhn.py) loaded by its path, from
+  any working directory; config files use it to build on a sibling config."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  name = "_sigma_vae_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

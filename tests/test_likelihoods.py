@@ -1,6 +1,8 @@
 """Decoders: each one's mean/sample agree with its own likelihood, the beta-VAE is
 evaluated as the Gaussian it is equivalent to, and the sigma running average."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,7 +187,7 @@ def test_per_image_sigma_on_clips_is_one_sigma_per_clip():
   x = rng.uniform(size=(3, 4, 5, 6, 2)).astype(np.float32)
   out = rng.normal(size=x.shape).astype(np.float32)
   mean = 1 / (1 + np.exp(-out.astype(np.float64)))
-  lik = _decoder("optimal_sigma_per_image")
+  lik = _decoder("optimal_sigma_per_image", log_sigma_min=None)  # the exact closed form
   result = lik.nll(jnp.asarray(x), jnp.asarray(out), {}, lik.init_state(), train=True)
   mse = ((x - mean) ** 2).reshape(3, -1).mean(1)  # over time, pixels and channels
   np.testing.assert_allclose(np.asarray(result.log_sigma).reshape(3),
@@ -197,7 +199,7 @@ def test_sigma_axes_per_frame_on_clips_and_the_running_average_shape():
   x = rng.uniform(size=(3, 4, 5, 6, 2)).astype(np.float32)
   out = rng.normal(size=x.shape).astype(np.float32)
   mean = 1 / (1 + np.exp(-out.astype(np.float64)))
-  lik = _decoder("optimal_sigma", sigma_axes=(0, 2, 3, 4))
+  lik = _decoder("optimal_sigma", sigma_axes=(0, 2, 3, 4), log_sigma_min=None)
   state = lik.init_state((4, 5, 6, 2))
   assert state["variance_ema"].shape == (1, 4, 1, 1, 1)  # one sigma per frame
   result = lik.nll(jnp.asarray(x), jnp.asarray(out), {}, state, train=True)
@@ -232,6 +234,9 @@ def test_gaussian_samples_have_the_decoder_sigma(name):
   n = 20000
   out = jnp.zeros((n, 1, 1, decoder.num_outputs(1)))
   sample = np.asarray(decoder.sample(jax.random.PRNGKey(4), out, params, state), np.float64)
+  if name != "beta":  # learned and closed-form sigmas have the soft floor log_sigma_min
+    low = default_config.get_config().decoder.log_sigma_min
+    sigma = math.exp(low + np.logaddexp(0.0, math.log(sigma) - low))
   assert abs(sample.mean() - 0.5) < 4 * sigma / np.sqrt(n)
   assert abs(sample.std() / sigma - 1) < 4 * np.sqrt(0.5 / n)
 

@@ -196,13 +196,13 @@ def test_a_workdir_written_before_the_model_contract_resumes_where_it_left_off(t
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   saved["dataset"]["path"] = images
+  # That version had no lower bound on the closed-form sigma (issue 12 added it):
+  # without it the math is that version's, so the numbers must be its numbers.
+  saved["decoder"]["log_sigma_min"] = None
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(saved, f)
   config = evaluate.config_from_json(os.path.join(workdir, "config.json"))
   config.num_train_steps = 8
-  # That version had no lower bound on the closed-form sigma (issue 12 added it):
-  # without it the math is that version's, so the numbers must be its numbers.
-  config.decoder.log_sigma_min = None
   train.train_and_evaluate(config, workdir)
   with open(os.path.join(LEGACY_WORKDIR, "expected_steps_5_to_8.json")) as f:
     expected = json.load(f)["rows"]

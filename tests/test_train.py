@@ -78,8 +78,10 @@ def test_several_steps_per_call_equal_single_steps():
   single, scanned = states
   assert int(single.step) == int(scanned.step) == 4
   for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(scanned)):
-    # Same math; XLA fuses differently inside the scan (float32 rounding only).
-    np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-5)
+    # Same math; XLA fuses differently inside the scan (float32 rounding only). Adam
+    # divides each gradient entry by its own scale, so an entry whose gradient is
+    # nearly 0 can move by up to ~lr on rounding alone: atol is 3% of lr (1e-2).
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=3e-4)
 
 
 def test_train_step_compiles_once_across_steps_and_evaluation():
@@ -184,3 +186,69 @@ def test_tuned_and_default_compilation_train_the_same_function():
   # of other convolution algorithms moves them by far less.
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
+# ---- deep-VAE training options: parameter EMA, free bits, large-gradient skips -----
+
+
+def test_ema_parameters_follow_the_update_rule_and_are_what_evaluation_uses():
+  decay = 0.9
+  trainer = _trainer(_tiny_config("optimal_sigma", ema_decay=decay))
+  state = trainer.init_state()
+  data = trainer.put_replicated(_smooth_images())
+  previous_ema = jax.device_get(state.ema_params)
+  state, _ = trainer.train_on_device(state, data)
+  # One step: ema = decay * ema + (1 - decay) * params, from ema_0 = params_0.
+  expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, previous_ema,
+                          jax.device_get(state.params))
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.ema_params)),
+                  jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  for _ in range(5):
+    state, _ = trainer.train_on_device(state, data)
+  raw, ema = jax.device_get(state.params), jax.device_get(state.ema_params)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(ema)))
+  # Evaluation uses the EMA parameters: the same as evaluating them as raw ones.
+  batches = lambda: trainer_lib.padded_batches(_smooth_images(20, seed=3), 16)
+  with_ema = trainer.evaluate(state, batches())
+  as_raw = trainer.evaluate(state.replace(params=state.ema_params, ema_params={}),
+                            batches())
+  raw_only = trainer.evaluate(state.replace(ema_params={}), batches())
+  assert with_ema == as_raw
+  assert with_ema["nelbo"] != raw_only["nelbo"]
+
+
+def test_free_bits_floor_each_groups_kl_in_the_loss_but_not_in_the_reported_elbo():
+  trainer = _trainer(_tiny_config("optimal_sigma"))
+  state = trainer.init_state()
+  images = jnp.asarray(_smooth_images())
+  rng = jax.random.PRNGKey(0)
+  args = (state.params, state.likelihood_state, images, rng)
+  kwargs = dict(model=trainer.model, likelihood=trainer.likelihood)
+  plain, (m0, _) = train_step.loss_fn(*args, **kwargs)
+  floored, (m1, _) = train_step.loss_fn(*args, free_bits=50.0, **kwargs)
+  # At initialisation the KL is far below 50 nats: the loss sees exactly 50.
+  assert float(m0["kl"]) < 50.0
+  np.testing.assert_allclose(float(floored), float(m0["rec"]) + 50.0, rtol=1e-6)
+  np.testing.assert_allclose(float(plain), float(m0["rec"]) + float(m0["kl"]), rtol=1e-6)
+  for key in ("nelbo", "rec", "kl"):  # the reported terms are the true ones
+    np.testing.assert_allclose(float(m1[key]), float(m0[key]), rtol=1e-6)
+  # No gradient reaches the KL below the floor: the encoder's variance head only
+  # gets the reconstruction's gradient.
+  grad = jax.grad(lambda p: train_step.loss_fn(p, *args[1:], free_bits=50.0, **kwargs)[0])(
+      state.params)
+  grad_rec = jax.grad(lambda p: train_step.loss_fn(p, *args[1:], **kwargs)[1][0]["rec"])(
+      state.params)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_rec)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_updates_with_a_gradient_norm_above_the_threshold_are_skipped_and_counted():
+  trainer = _trainer(_tiny_config("optimal_sigma", skip_update_grad_norm=1e-6))
+  state = trainer.init_state()
+  before = jax.device_get(state.params)
+  state, metrics = trainer.train_on_device(state, trainer.put_replicated(_smooth_images()))
+  assert float(metrics["grad_norm"]) > 1e-6 and int(state.num_skipped) == 1
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+  assert int(jax.device_get(state.nonfinite)["step"]) == -1  # skipped, not a failure

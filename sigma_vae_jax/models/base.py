@@ -71,3 +71,15 @@ class ModelOutput:
   decoder_outputs: Array
   target: Array
   latents: Mapping[str, LatentGroup]
+
+
+def check_image_example(data_shape, model_description: str, validate_image_size,
+                        model_config) -> None:
+  """Shared `validate` step of image models: one example is (H, W, C), C >= 1, and
+  (H, W) passes the model's `validate_image_size`. ValueError names the field."""
+  if len(data_shape) != 3:
+    raise ValueError(f"dataset.name: the {model_description} takes images (H, W, C); got "
+                     f"examples of shape {tuple(data_shape)}")
+  validate_image_size(model_config, data_shape[:2])
+  if data_shape[2] < 1:
+    raise ValueError(f"dataset.name: images need at least one channel; got {data_shape[2]}")

@@ -28,7 +28,7 @@ import ml_collections
 
 from sigma_vae_jax import losses
 from sigma_vae_jax.models import _conv_kernels as kernels
-from sigma_vae_jax.models.base import LatentGroup, ModelOutput
+from sigma_vae_jax.models.base import check_image_example, LatentGroup, ModelOutput
 
 CONV_IMPLS = ("auto", "xla", "fast")
 
@@ -70,12 +70,7 @@ def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
                      f"{model_config.conv_impl!r}")
   if data_shape is None:
     return
-  if len(data_shape) != 3:
-    raise ValueError(f"dataset.name: the conv VAE takes images (H, W, C); got examples "
-                     f"of shape {tuple(data_shape)}")
-  validate_image_size(model_config, data_shape[:2])
-  if data_shape[2] < 1:
-    raise ValueError(f"dataset.name: images need at least one channel; got {data_shape[2]}")
+  check_image_example(data_shape, "conv VAE", validate_image_size, model_config)
 
 
 def validate_image_size(model_config, size: Sequence[int]) -> None:

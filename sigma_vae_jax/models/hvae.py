@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sigma_vae_jax import losses
-from sigma_vae_jax.models.base import LatentGroup, ModelOutput
+from sigma_vae_jax.models.base import check_image_example, LatentGroup, ModelOutput
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 _HEAD_INIT_SCALE = 0.1
@@ -152,12 +152,7 @@ def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
                      f"{model_config.log_var_min} >= {model_config.log_var_max}")
   if data_shape is None:
     return
-  if len(data_shape) != 3:
-    raise ValueError(f"dataset.name: the hierarchical VAE takes images (H, W, C); got "
-                     f"examples of shape {tuple(data_shape)}")
-  validate_image_size(model_config, data_shape[:2])
-  if data_shape[2] < 1:
-    raise ValueError(f"dataset.name: images need at least one channel; got {data_shape[2]}")
+  check_image_example(data_shape, "hierarchical VAE", validate_image_size, model_config)
 
 
 def validate_image_size(model_config, size: Sequence[int]) -> None:
