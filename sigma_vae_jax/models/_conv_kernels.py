@@ -7,7 +7,7 @@ Each layer computes the same function with the same parameters as the plain
   * stride-2 transposed convs are a 3x3 conv to 4x the channels plus depth-to-space;
   * the output conv runs on the 2x2 phases of the last upsampling;
   * odd channel counts > 1 (RGB) are zero-padded to a multiple of 4.
-tests/test_models.py checks each against the plain layer or an explicit reference.
+tests/test_conv_vae.py checks each against the plain layer or an explicit reference.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def fast_strided_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Arra
 
   Reverse mode (grad, vmap of grad, grad of grad) works; forward mode (jax.jvp,
   jax.jacfwd) does not, as for any custom_vjp: use the plain layers
-  (model.fast_encoder=False) for that.
+  (model.conv_impl="xla") for that.
   """
   return strided_conv(x, kernel, padding)
 
