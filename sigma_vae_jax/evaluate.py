@@ -99,15 +99,11 @@ def load_run(workdir: str, *, image_shape=None
   trainer = trainer_lib.Trainer(config, image_shape, trainer_lib.make_mesh())
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             config.max_checkpoints_to_keep)
-  template = trainer.init_state()
-  legacy = checkpointing.is_legacy_workdir(workdir)
   try:
-    state, _ = checkpointer.restore_latest(
-        train_step.to_legacy_layout(template) if legacy else template)
+    state, _ = train_step.restore_latest(checkpointer, trainer.init_state(),
+                                         legacy=checkpointing.is_legacy_workdir(workdir))
   finally:
     checkpointer.close()
-  if state is not None and legacy:
-    state = train_step.from_legacy_layout(state, template)
   if state is None:
     raise checkpointing.CheckpointError(f"No checkpoint in {workdir}/checkpoints.")
   return config, trainer, jax.device_put(state, trainer.replicated)

@@ -40,8 +40,14 @@ class ElboTerms(NamedTuple):
   likelihood_output: likelihoods.LikelihoodOutput
 
 
-def _sum_groups(per_group: Mapping[str, Array]) -> Array:
+def sum_groups(per_group: Mapping[str, Array]) -> Array:
+  """The sum of per-group terms (e.g. each group's KL [B]), in group order."""
   return functools.reduce(operator.add, per_group.values())
+
+
+def kl_per_group(output: ModelOutput) -> dict[str, Array]:
+  """Group name -> its KL(q || p) summed over the group's dimensions, [B] nats."""
+  return {name: losses.sum_over_data_dims(group.kl) for name, group in output.latents.items()}
 
 
 def negative_elbo(output: ModelOutput, likelihood: likelihoods.Likelihood,
@@ -58,12 +64,11 @@ def negative_elbo(output: ModelOutput, likelihood: likelihoods.Likelihood,
   else:
     lik = likelihood.eval_nll(x, out, likelihood_params, likelihood_state)
   rec = losses.sum_over_data_dims(lik.nll)
-  kl_per_group = {name: losses.sum_over_data_dims(group.kl)
-                  for name, group in output.latents.items()}
-  kl = _sum_groups(kl_per_group)
+  per_group = kl_per_group(output)
+  kl = sum_groups(per_group)
   nelbo = rec + kl
   loss = rec + likelihood.kl_weight * kl if train else nelbo
-  return ElboTerms(loss=loss, nelbo=nelbo, rec=rec, kl=kl, kl_per_group=kl_per_group,
+  return ElboTerms(loss=loss, nelbo=nelbo, rec=rec, kl=kl, kl_per_group=per_group,
                    likelihood_output=lik)
 
 
@@ -77,7 +82,7 @@ def log_importance_weight(output: ModelOutput, likelihood: likelihoods.Likelihoo
   lik = likelihood.eval_nll(output.target, output.decoder_outputs, likelihood_params,
                             likelihood_state)
   log_px = -losses.sum_over_data_dims(lik.nll)
-  log_ratio = _sum_groups({name: losses.sum_over_data_dims(g.log_p - g.log_q)
+  log_ratio = sum_groups({name: losses.sum_over_data_dims(g.log_p - g.log_q)
                            for name, g in output.latents.items()})
   return log_px + log_ratio
 

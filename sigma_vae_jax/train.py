@@ -116,14 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                      has_checkpoints=has_checkpoints)
   trainer = trainer_lib.Trainer(config, source.image_shape, trainer_lib.make_mesh(devices))
   state = trainer.init_state()
-  if legacy:
-    restored, restored_step = checkpointer.restore_latest(train_step.to_legacy_layout(state))
-    if restored is not None:
-      restored = train_step.from_legacy_layout(restored, state)
-      print("Converted a checkpoint written by an earlier version of sigma_vae_jax.",
-            flush=True)
-  else:
-    restored, restored_step = checkpointer.restore_latest(state)
+  restored, restored_step = train_step.restore_latest(checkpointer, state, legacy=legacy)
   if restored is not None:
     state = jax.device_put(restored, trainer.replicated)
     print(f"Resumed from the checkpoint at step {restored_step} in {checkpointer.directory}",

@@ -14,8 +14,6 @@ Pure functions of arrays (no jit, no sharding: `trainer.py` wires those):
 
 from __future__ import annotations
 
-import functools
-import operator
 from typing import Any
 
 from flax import struct
@@ -109,8 +107,9 @@ def loss_fn(params, likelihood_state, data: jax.Array, rng: jax.Array, *, model,
   terms = objectives.negative_elbo(output, likelihood, params["likelihood"],
                                    likelihood_state, train=True)
   if free_bits:
-    floored = [jnp.maximum(kl.mean(), free_bits) for kl in terms.kl_per_group.values()]
-    loss = terms.rec.mean() + likelihood.kl_weight * functools.reduce(operator.add, floored)
+    floored = {name: jnp.maximum(kl.mean(), free_bits)
+               for name, kl in terms.kl_per_group.items()}
+    loss = terms.rec.mean() + likelihood.kl_weight * objectives.sum_groups(floored)
   else:
     loss = terms.loss.mean()
   metrics = {"loss": loss, "nelbo": terms.nelbo.mean(), "rec": terms.rec.mean(),
@@ -223,6 +222,20 @@ def to_legacy_layout(state: TrainState) -> LegacyTrainState:
       opt_state=_rename_param_keys(state.opt_state, _LEGACY_PARAM_KEYS),
       decoder_state=state.likelihood_state, rng=state.rng,
       num_skipped=state.num_skipped, nonfinite=state.nonfinite)
+
+
+def restore_latest(checkpointer, template: TrainState, *, legacy: bool
+                   ) -> tuple[TrainState | None, int | None]:
+  """`checkpointer.restore_latest` into `template`'s layout; `legacy`: the workdir was
+  written before the model contract (`checkpointing.is_legacy_workdir`) and its
+  checkpoints are converted. Returns (state or None, step or None)."""
+  if not legacy:
+    return checkpointer.restore_latest(template)
+  restored, step = checkpointer.restore_latest(to_legacy_layout(template))
+  if restored is None:
+    return None, None
+  print("Converted a checkpoint written by an earlier version of sigma_vae_jax.", flush=True)
+  return from_legacy_layout(restored, template), step
 
 
 def from_legacy_layout(legacy: LegacyTrainState, template: TrainState) -> TrainState:

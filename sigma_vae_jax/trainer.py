@@ -209,8 +209,7 @@ class Trainer:
     output = self._apply(state, None, x, rng)
     decoded = self.likelihood.mean(output.decoder_outputs, *self._likelihood_args(state))
     target = output.target
-    kl = functools.reduce(jnp.add, [losses.sum_over_data_dims(g.kl)
-                                    for g in output.latents.values()])
+    kl = objectives.sum_groups(objectives.kl_per_group(output))
     sums = {"sq_err": losses.sum_over_data_dims((target - decoded) ** 2), "kl": kl}
     if discrete:
       sums["rec_discrete"] = losses.sum_over_data_dims(
