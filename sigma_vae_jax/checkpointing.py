@@ -2,6 +2,8 @@
 
 * `Checkpointer.restore_latest` falls back to older checkpoints when the newest is
   unreadable (truncated or deleted files), and says so.
+* `BestCheckpointer` keeps the one checkpoint with the best eval ELBO (orbax ranks
+  checkpoints by their metrics) beside the latest ones.
 * `check_workdir_config` refuses to resume a workdir written by a different model or
   decoder, naming the differing fields, instead of failing deep inside orbax.
 """
@@ -9,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any, Optional
@@ -93,6 +96,70 @@ class Checkpointer:
         os.replace(os.path.join(self.directory, str(step)), destination)
     self._manager.reload()
     return target
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+BEST_DIRECTORY = "checkpoints_best"
+# The metric the best checkpoint is ranked by: the eval negative ELBO (nats per
+# example; lower is better).
+BEST_METRIC = "nelbo"
+
+
+class BestCheckpointer:
+  """The checkpoint with the lowest eval negative ELBO so far, in its own directory.
+
+  A separate orbax manager (max_to_keep=1, ranked by `best_fn` on the metrics saved
+  with it) so that rotating the latest checkpoints never deletes it. `update` writes
+  only when the ELBO improved, so an evaluation that does not improve costs nothing;
+  non-finite values never count as improvements.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda metrics: metrics[BEST_METRIC],
+            best_mode="min", keep_checkpoints_without_metrics=False, create=True))
+    self._best = self._read_best()
+
+  def _read_best(self) -> tuple[Optional[int], Optional[float]]:
+    self._manager.reload()
+    step = self._manager.best_step()
+    if step is None:
+      return None, None
+    value = (self._manager.metrics(step) or {}).get(BEST_METRIC)
+    return step, (None if value is None else float(value))
+
+  def best(self) -> tuple[Optional[int], Optional[float]]:
+    """(step, eval nelbo) of the kept checkpoint, or (None, None)."""
+    return self._best
+
+  def update(self, step: int, state: Any, nelbo: float) -> bool:
+    """Saves `state` as the best checkpoint if `nelbo` beats the kept one; returns
+    whether it did. Asynchronous like `Checkpointer.save`."""
+    best_step, best_value = self._best
+    if not math.isfinite(nelbo) or (best_value is not None and not nelbo < best_value):
+      return False
+    self._manager.wait_until_finished()
+    if best_step == step:  # the same step written by an earlier, resumed run
+      self._manager.delete(step)
+    snapshot = jax.tree.map(lambda x: x.copy(), state)
+    self._manager.save(step, args=ocp.args.StandardSave(snapshot),
+                       metrics={BEST_METRIC: float(nelbo)}, force=True)
+    self._best = (step, float(nelbo))
+    return True
+
+  def restore(self, template: Any) -> tuple[Optional[Any], Optional[int]]:
+    """The best checkpoint in `template`'s structure: (state, step) or (None, None)."""
+    step, _ = self.best()
+    if step is None:
+      return None, None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
 
   def close(self) -> None:
     self._manager.wait_until_finished()

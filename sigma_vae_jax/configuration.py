@@ -106,6 +106,9 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
     value = config[field]
     _require(isinstance(value, int) and value >= 1, field,
              f"must be a positive integer; got {value!r}")
+  _require(config.checkpoint_every_seconds is None or config.checkpoint_every_seconds > 0,
+           "checkpoint_every_seconds",
+           f"must be positive or None; got {config.checkpoint_every_seconds!r}")
   _require(config.learning_rate > 0, "learning_rate",
            f"must be positive; got {config.learning_rate}")
   _require(config.batch_size % num_devices == 0, "batch_size",

@@ -95,7 +95,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.eval_every_steps = 500
   config.checkpoint_every_steps = 500
+  # Also checkpoint when this many seconds have passed since the last checkpoint
+  # (checked at the logging steps, so a resumed run stays exact), so that a killed
+  # run loses at most this much work whatever the step interval; None: steps only.
+  config.checkpoint_every_seconds = config_dict.FieldReference(120.0, field_type=float)
   config.max_checkpoints_to_keep = 3
+  # Keep the checkpoint with the best eval ELBO in WORKDIR/checkpoints_best/ beside
+  # the latest ones (small datasets overfit); evaluate.load_run(..., checkpoint="best").
+  config.keep_best_checkpoint = True
   # Optimizer steps per compiled call (lax.scan); >1 removes per-step dispatch.
   config.steps_per_call = 1
   # On CPU, compile with the XLA options measured faster for this model

@@ -44,6 +44,9 @@ from sigma_vae_jax import models
 from sigma_vae_jax import train_step
 from sigma_vae_jax import trainer as trainer_lib
 
+# Which checkpoint of a run `load_run` restores.
+CHECKPOINTS = ("latest", "best")
+
 # Config fields saved as JSON lists that the code expects as tuples.
 _TUPLE_FIELDS = (("decoder", "sigma_axes"), ("dataset", "image_size"))
 
@@ -80,14 +83,19 @@ def _with_defaults(saved: dict, defaults: dict) -> dict:
   return merged
 
 
-def load_run(workdir: str, *, image_shape=None
+def load_run(workdir: str, *, image_shape=None, checkpoint: str = "latest"
              ) -> tuple[ml_collections.ConfigDict, trainer_lib.Trainer, train_step.TrainState]:
-  """Rebuilds (config, trainer, state) from WORKDIR/config.json + the latest checkpoint.
+  """Rebuilds (config, trainer, state) from WORKDIR/config.json and a checkpoint.
 
+  checkpoint: "latest" (WORKDIR/checkpoints/) or "best" (WORKDIR/checkpoints_best/,
+  the step with the best eval ELBO, written when `keep_best_checkpoint` is on).
   The trainer's mesh spans all devices. image_shape (H, W, C) defaults to the
   dataset's (read from the prepared dataset of config.dataset).
-  Raises FileNotFoundError without config.json, CheckpointError without a checkpoint.
+  Raises FileNotFoundError without config.json, CheckpointError without a checkpoint,
+  ValueError for another `checkpoint`.
   """
+  if checkpoint not in CHECKPOINTS:
+    raise ValueError(f"checkpoint must be one of {CHECKPOINTS}; got {checkpoint!r}")
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, checkpointing.CONFIG_FILE)
   if not os.path.exists(path):
@@ -97,15 +105,25 @@ def load_run(workdir: str, *, image_shape=None
   if image_shape is None:
     image_shape = input_pipeline.get_data_source(config.dataset).image_shape
   trainer = trainer_lib.Trainer(config, image_shape, trainer_lib.make_mesh())
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                            config.max_checkpoints_to_keep)
+  if checkpoint == "best":
+    directory = os.path.join(workdir, checkpointing.BEST_DIRECTORY)
+    if not os.path.isdir(directory):
+      raise checkpointing.CheckpointError(
+          f"No best checkpoint in {directory} (written by runs with "
+          f"keep_best_checkpoint=True at their evaluations).")
+    checkpointer = checkpointing.BestCheckpointer(directory)
+    restore = checkpointer.restore
+  else:
+    directory = os.path.join(workdir, "checkpoints")
+    checkpointer = checkpointing.Checkpointer(directory, config.max_checkpoints_to_keep)
+    restore = functools.partial(train_step.restore_latest, checkpointer,
+                                legacy=checkpointing.is_legacy_workdir(workdir))
   try:
-    state, _ = train_step.restore_latest(checkpointer, trainer.init_state(),
-                                         legacy=checkpointing.is_legacy_workdir(workdir))
+    state, _ = restore(trainer.init_state())
   finally:
     checkpointer.close()
   if state is None:
-    raise checkpointing.CheckpointError(f"No checkpoint in {workdir}/checkpoints.")
+    raise checkpointing.CheckpointError(f"No checkpoint in {directory}.")
   return config, trainer, jax.device_put(state, trainer.replicated)
 
 

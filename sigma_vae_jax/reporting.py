@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -17,19 +18,34 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class Reporter:
-  """Writes scalar metrics to TensorBoard and JSON lines; prints progress.
+  """Writes scalar metrics and image grids to TensorBoard and JSON lines; prints
+  progress.
 
+  `start_step`: the step training (re)starts from. Rows and TensorBoard events past it
+  were written by a run that was killed before its next checkpoint; they are dropped,
+  so that the resumed run's rows follow on without repeating steps.
   Only process 0 writes files (multi-host); every process logs to the console.
   """
 
-  def __init__(self, workdir: str, num_train_steps: int):
+  def __init__(self, workdir: str, num_train_steps: int, start_step: int = 0):
     self.is_chief = jax.process_index() == 0
+    self.jsonl_path = os.path.join(workdir, METRICS_FILE)
+    if self.is_chief:
+      dropped = drop_rows_after(self.jsonl_path, start_step)
+      dropped += drop_events_after(workdir, start_step)
+      if dropped:
+        print(f"Dropped {dropped} metric rows/events past step {start_step} written "
+              f"by the interrupted run.", flush=True)
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.is_chief)
-    self.jsonl_path = os.path.join(workdir, METRICS_FILE)
     self.num_train_steps = num_train_steps
     self._last_time: Optional[float] = None
     self._last_step: Optional[int] = None
+
+  def start_clock(self, step: int) -> None:
+    """Marks the time at `step` (e.g. after the first, compiling call) so that the
+    first progress line already has a rate and an ETA."""
+    self._last_time, self._last_step = time.time(), step
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     metrics = {k: float(v) for k, v in metrics.items()}
@@ -56,11 +72,75 @@ class Reporter:
     print(" | ".join(parts), flush=True)
     return rate
 
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """uint8 grids [H, W, 3] (see `image_grid`) as TensorBoard image summaries."""
+    self.writer.write_images(step, {k: np.asarray(v)[None] for k, v in images.items()})
+
   def flush(self) -> None:
     self.writer.flush()
 
   def close(self) -> None:
     self.writer.close()
+
+
+def drop_rows_after(path: str, step: int) -> int:
+  """Rewrites the metrics.jsonl at `path` without rows past `step` (atomically);
+  returns how many were dropped. A torn last line (killed mid-write) is dropped too."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        dropped += 1
+        continue
+      if row.get("step", 0) > step:
+        dropped += 1
+      else:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return dropped
+
+
+def drop_events_after(logdir: str, step: int) -> int:
+  """Rewrites the TensorBoard event files in `logdir` without events past `step`;
+  returns how many were dropped.
+
+  Event files are TFRecord files of `Event` protos. TensorBoard would otherwise show
+  the killed run's points past `step` beside the resumed run's (its "orphaned data"
+  purging needs a session-start event that tf.summary no longer writes).
+  """
+  paths = sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")))
+  if not paths:
+    return 0
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (already loaded by clu)
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  total = 0
+  for path in paths:
+    kept, dropped = [], 0
+    try:
+      for record in tf.data.TFRecordDataset(path):
+        raw = record.numpy()
+        if event_pb2.Event.FromString(raw).step > step:
+          dropped += 1
+        else:
+          kept.append(raw)
+    except tf.errors.DataLossError:  # a torn last record of a killed writer
+      dropped += 1
+    if dropped:
+      tmp = path + ".tmp"
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for raw in kept:
+          writer.write(raw)
+      os.replace(tmp, path)
+      total += dropped
+  return total
 
 
 def _format_seconds(seconds: float) -> str:
@@ -85,21 +165,24 @@ def image_grid(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray
   return (grid * 255 + 0.5).astype(np.uint8)
 
 
-def save_image_grid(path: str, images: np.ndarray, columns: int = 8) -> None:
+def save_image_grid(path: str, images: np.ndarray, columns: int = 8) -> np.ndarray:
+  """Writes `image_grid(images, columns)` as a PNG at `path` and returns it."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(image_grid(images, columns)).save(path)
+  grid = image_grid(images, columns)
+  Image.fromarray(grid).save(path)
+  return grid
 
 
 def save_video_strips(png_path: str, gif_path: str, truth: np.ndarray,
                       recons: np.ndarray, samples: np.ndarray, num_context: int,
-                      frame_ms: int = 200) -> None:
+                      frame_ms: int = 200) -> np.ndarray:
   """PNG strips and a GIF of video predictions (floats in [0, 1]).
 
   truth [N, T, H, W, C]; recons [N, T_r, ...] (the last T_r frames); samples
   [N, T_s, ...] generated after the first `num_context` frames. The PNG has three rows
   per clip: context | ground truth, context | reconstructions, context | samples
   (missing frames blank). The GIF plays the sampled clips (context, then samples)
-  side by side with the ground truth.
+  side by side with the ground truth. Returns the PNG's uint8 grid.
   """
   n, t = truth.shape[:2]
   blank = np.ones_like(truth[:, :1])
@@ -112,7 +195,7 @@ def save_video_strips(png_path: str, gif_path: str, truth: np.ndarray,
     return out
 
   rows = np.stack([truth, row(recons, t - recons.shape[1]), row(samples, num_context)], 1)
-  save_image_grid(png_path, rows.reshape((-1,) + truth.shape[2:]), columns=t)
+  grid = save_image_grid(png_path, rows.reshape((-1,) + truth.shape[2:]), columns=t)
   generated = np.concatenate([truth[:, :num_context], samples], axis=1)
   length = generated.shape[1]
   frames = []
@@ -122,3 +205,4 @@ def save_video_strips(png_path: str, gif_path: str, truth: np.ndarray,
                                              columns=n)))
   frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=frame_ms,
                  loop=0)
+  return grid

@@ -15,9 +15,11 @@ import math
 import os
 import signal
 import sys
+import time
 from typing import Iterator, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -95,9 +97,10 @@ def _nonfinite_message(nonfinite: dict, config, last_checkpoint: Optional[int]) 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains and evaluates per `config`, writing everything under `workdir`.
 
-  Writes WORKDIR/checkpoints/, metrics.jsonl, TensorBoard event files,
-  images/step_<N>_{samples,recons}.png and config.json. Resumes from the latest
-  checkpoint in `workdir` if there is one. Returns the final train state.
+  Writes WORKDIR/checkpoints/ (the latest), checkpoints_best/ (the best eval ELBO),
+  metrics.jsonl, TensorBoard event files, images/step_<N>_{samples,recons}.png and
+  config.json. Resumes from the latest checkpoint in `workdir` if there is one.
+  Returns the final train state.
   """
   workdir = os.path.abspath(workdir)
   devices = jax.devices()
@@ -119,10 +122,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   restored, restored_step = train_step.restore_latest(checkpointer, state, legacy=legacy)
   if restored is not None:
     state = jax.device_put(restored, trainer.replicated)
-    print(f"Resumed from the checkpoint at step {restored_step} in {checkpointer.directory}",
+    print(f"Resuming from step {restored_step} (checkpoint in {checkpointer.directory}).",
+          flush=True)
+  else:
+    print(f"No checkpoint in {checkpointer.directory}: starting fresh at step 0.",
           flush=True)
   last_checkpoint = restored_step
   start_step = int(jax.device_get(state.step))
+  best = (checkpointing.BestCheckpointer(os.path.join(workdir, checkpointing.BEST_DIRECTORY))
+          if config.keep_best_checkpoint else None)
+  best_step, best_nelbo = best.best() if best else (None, None)
 
   batch_size = config.batch_size
   local_batch = batch_size // jax.process_count()
@@ -147,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     image_examples = next(source.batch_iterator(
         "test", config.num_image_samples, seed=config.seed, shuffle=False, repeat=False))
 
-  reporter = reporting.Reporter(workdir, config.num_train_steps)
+  reporter = reporting.Reporter(workdir, config.num_train_steps, start_step)
   image_dir = os.path.join(workdir, "images")
   print(f"Training {config.model.name} with the {config.decoder.name} decoder on {config.dataset.name} "
         f"{source.image_shape}, {len(devices)} device(s) ({jax.default_backend()}), "
@@ -159,11 +168,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if nonfinite["step"] >= 0 and not config.skip_nonfinite_updates:
       raise NonFiniteError(_nonfinite_message(nonfinite, config, last_checkpoint))
 
+  last_save_time = time.monotonic()
+
   def save_checkpoint(step):
-    nonlocal last_checkpoint
+    nonlocal last_checkpoint, last_save_time
     check_finite()
     checkpointer.save(step, state)
-    last_checkpoint = step
+    last_checkpoint, last_save_time = step, time.monotonic()
+
+  def checkpoint_time_due() -> bool:
+    """Whether checkpoint_every_seconds have passed; process 0 decides for all, so
+    every process joins the same (collective) save."""
+    if config.checkpoint_every_seconds is None:
+      return False
+    due = time.monotonic() - last_save_time >= config.checkpoint_every_seconds
+    if jax.process_count() > 1:
+      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
 
   step = start_step
   pending = []
@@ -174,10 +195,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       else:
         stacked = np.stack([next(train_iter) for _ in range(config.steps_per_call)])
         state, metrics = trainer.train_on_batches(state, trainer.put_batches(stacked))
+      if step == start_step:
+        # One wait after the first (compiling) call, so the first progress line
+        # has a rate and an ETA; later steps run without host syncs.
+        jax.block_until_ready(metrics)
+        reporter.start_clock(step + config.steps_per_call)
       step += config.steps_per_call
       pending.append(metrics)
 
-      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      at_log_step = step % config.log_every_steps == 0 or step == config.num_train_steps
+      if at_log_step:
         check_finite()
         averaged = jax.tree.map(lambda *m: np.mean(m), *jax.device_get(pending))
         pending = []
@@ -188,19 +215,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         check_finite()
         eval_metrics = trainer.evaluate(state, eval_batches())
         reporter.write(step, "eval", eval_metrics)
-        print(f"eval step {step}: nelbo {eval_metrics['nelbo']:.2f} nats "
-              f"({eval_metrics['bpd']:.4f} bits/dim)"
-              + (f", discrete nelbo {eval_metrics['nelbo_discrete']:.2f}"
-                 if "nelbo_discrete" in eval_metrics else ""), flush=True)
+        improved = best is not None and best.update(step, state, eval_metrics["nelbo"])
+        if improved:
+          best_step, best_nelbo = step, eval_metrics["nelbo"]
+        print(eval_summary(step, eval_metrics, trainer.likelihood)
+              + (" (best so far)" if improved else ""), flush=True)
         if jax.process_index() == 0:
-          trainer.write_images(state, image_examples, image_dir, step)
+          grids = trainer.write_images(state, image_examples, image_dir, step)
+          reporter.write_images(step, grids)
         reporter.flush()
-      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+      # Time-based checkpoints only at logging steps: a resumed run then averages
+      # the same steps into each metrics row as an uninterrupted one.
+      if (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
+          or (at_log_step and checkpoint_time_due())):
         save_checkpoint(step)
       if preemption.requested is not None:
         if last_checkpoint != step:
           save_checkpoint(step)
         checkpointer.close()
+        if best is not None:
+          best.close()
         reporter.close()
         print(f"Checkpoint at step {step} is written; exiting after "
               f"{signal.Signals(preemption.requested).name}. Restart with the same "
@@ -208,5 +242,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         sys.exit(0)
 
   checkpointer.close()
+  if best is not None:
+    best.close()
+    if best_step is not None:
+      print(f"Best eval -ELBO {best_nelbo:.2f} nats at step {best_step}, kept in "
+            f"{best.directory} (evaluate.load_run(workdir, checkpoint='best')).",
+            flush=True)
   reporter.close()
   return state
+
+
+def eval_summary(step: int, metrics: dict, likelihood) -> str:
+  """The console line of an evaluation. Headline: bits/dim of the 8-bit data (a
+  discrete likelihood, comparable across decoders and with the literature); the
+  continuous decoders' density bits/dim (of data scaled to [0, 1], often negative)
+  is labelled as such."""
+  head = f"eval step {step}: "
+  if likelihood.is_discrete:
+    return head + (f"-ELBO {metrics['nelbo']:.2f} nats/example, "
+                   f"{metrics['bpd']:.4f} bits/dim (8-bit data)")
+  if "bpd_discrete" in metrics:
+    return head + (f"-ELBO {metrics['nelbo_discrete']:.2f} nats/example, "
+                   f"{metrics['bpd_discrete']:.4f} bits/dim (8-bit data, discretized) | "
+                   f"density -ELBO {metrics['nelbo']:.2f} nats, {metrics['bpd']:.4f} "
+                   f"bits/dim (continuous, data in [0, 1])")
+  return head + (f"-ELBO {metrics['nelbo']:.2f} nats/example, {metrics['bpd']:.4f} "
+                 f"bits/dim ({likelihood.name}: continuous, data in [0, 1]; no 8-bit "
+                 f"likelihood)")

@@ -301,11 +301,12 @@ class Trainer:
     return int(getattr(self.model, "num_context_frames", 0))
 
   def write_images(self, state: steps.TrainState, images: np.ndarray, directory: str,
-                   step: int) -> None:
+                   step: int) -> dict[str, np.ndarray]:
     """images/step_<N>_recons.png (rows of 8 test images, then their
     reconstructions) and step_<N>_samples.png (prior samples); for video models
     step_<N>_video.png (context | truth, reconstructions, samples) and
-    step_<N>_samples.gif."""
+    step_<N>_samples.gif. Returns the written grids by name (uint8 [H, W, 3]), for
+    TensorBoard."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), IMAGE_STREAM)
     batch = self.global_array(images, self.replicated)
     if self.num_context_frames:
@@ -313,21 +314,23 @@ class Trainer:
       context = clips[:, :self.num_context_frames]
       recons, samples = jax.device_get((self.reconstruct(state, clips),
                                         self.sample(state, rng, len(clips), context)))
-      reporting.save_video_strips(
+      grid = reporting.save_video_strips(
           os.path.join(directory, f"step_{step}_video.png"),
           os.path.join(directory, f"step_{step}_samples.gif"),
           np.asarray(images[:8], np.float32) / 255.0, recons, samples,
           self.num_context_frames)
-      return
+      return {"video": grid}
     recons, samples = jax.device_get((self.reconstruct(state, batch),
                                       self.sample(state, rng, len(images))))
     originals = np.asarray(images, np.float32) / 255.0
     pairs = []
     for start in range(0, len(originals), 8):
       pairs += [originals[start:start + 8], recons[start:start + 8]]
-    reporting.save_image_grid(os.path.join(directory, f"step_{step}_recons.png"),
-                              np.concatenate(pairs))
-    reporting.save_image_grid(os.path.join(directory, f"step_{step}_samples.png"), samples)
+    return {
+        "recons": reporting.save_image_grid(
+            os.path.join(directory, f"step_{step}_recons.png"), np.concatenate(pairs)),
+        "samples": reporting.save_image_grid(
+            os.path.join(directory, f"step_{step}_samples.png"), samples)}
 
   # ---- host <-> device -------------------------------------------------------
 

@@ -18,11 +18,38 @@ def _read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+def _tensorboard_series(logdir):
+  """What TensorBoard's dashboards show: scalar series and image tags, read through
+  its own data provider (the scalars dashboard lists only scalar-plugin series)."""
+  from tensorboard import context
+  from tensorboard.backend.event_processing import data_provider
+  from tensorboard.backend.event_processing import plugin_event_multiplexer
+  multiplexer = plugin_event_multiplexer.EventMultiplexer()
+  multiplexer.AddRunsFromDirectory(logdir)
+  multiplexer.Reload()
+  provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
+  ctx = context.RequestContext()
+  scalar_tags = provider.list_scalars(ctx, experiment_id="", plugin_name="scalars")["."]
+  scalars = provider.read_scalars(ctx, experiment_id="", plugin_name="scalars",
+                                  downsample=1000)["."]
+  assert set(scalars) == set(scalar_tags)
+  images = provider.list_blob_sequences(ctx, experiment_id="", plugin_name="images")
+  return scalars, set(images.get(".", {}))
+
+
 def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir):
   workdir = str(tmp_path / "run")
   result = cli_utils.run_cli(workdir, shapes_data_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "steps/s" in result.stdout and "eval step 12" in result.stdout
+  assert "starting fresh at step 0" in result.stdout
+  # The first progress line already has a rate and an ETA.
+  first_progress = next(l for l in result.stdout.splitlines() if l.startswith("step "))
+  assert "steps/s" in first_progress and "ETA" in first_progress, first_progress
+  # The headline bits/dim is the 8-bit one; the density one is labelled.
+  eval_line = next(l for l in result.stdout.splitlines() if l.startswith("eval step 6"))
+  assert "bits/dim (8-bit data, discretized)" in eval_line, eval_line
+  assert "density -ELBO" in eval_line, eval_line
 
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
   rows = _read_metrics(workdir)
@@ -39,15 +66,25 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir):
                                        rel=1e-5)
     assert row["num_examples"] == 1000
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  scalars, images = _tensorboard_series(workdir)
+  assert {"train/loss", "train/nelbo", "eval/nelbo", "eval/bpd_discrete"} <= set(scalars)
+  assert [d.step for d in scalars["eval/nelbo"]] == [6, 12]
+  assert scalars["eval/nelbo"][-1].value == pytest.approx(eval_rows[-1]["nelbo"], rel=1e-6)
+  assert {"samples", "recons"} <= set(images)
   for step in (6, 12):
     for kind in ("samples", "recons"):
       assert os.path.getsize(os.path.join(workdir, "images", f"step_{step}_{kind}.png")) > 0
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["decoder"]["name"] == "optimal_sigma"
 
+  # The best eval ELBO's checkpoint is kept beside the latest ones.
+  best = min(eval_rows, key=lambda r: r["nelbo"])
+  assert os.listdir(os.path.join(workdir, "checkpoints_best")) == [str(best["step"])]
+  assert f"at step {best['step']}, kept in" in result.stdout
+
   result = cli_utils.run_cli(workdir, shapes_data_dir, num_train_steps=16)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "Resumed from the checkpoint at step 12" in result.stdout
+  assert "Resuming from step 12" in result.stdout
   assert [r["step"] for r in _read_metrics(workdir) if r["split"] == "train"][-2:] == [14, 16]
   assert "16" in os.listdir(os.path.join(workdir, "checkpoints"))
 
