@@ -1,5 +1,6 @@
 """Model-level evaluation of a trained VAE: ELBO, IWAE bound, rate decomposition
-(mutual information and marginal KL, paper Sec. 5.2), effective beta, FID.
+(mutual information and marginal KL, paper Sec. 5.2), effective beta, FID, and video
+prediction scores.
 
 Every function takes a `trainer.Trainer` and a `train_step.TrainState` (e.g. from
 `load_run(workdir)`) and uint8 test data [N, ...]; the per-batch work is the
@@ -11,6 +12,12 @@ All log-likelihoods are in nats per example (summed over data dimensions), with 
 likelihood's *evaluation* form (`Likelihood.eval_nll`: KL weight 1, the running
 average of sigma for the optimal sigma decoders; the `beta` decoder as the Gaussian
 with sigma^2 = beta).
+
+Video models (`trainer.num_context_frames` > 0, e.g. SVG-LP) also have the SVG papers'
+evaluation: the ELBO per predicted frame (`evaluate_elbo_per_frame`), best-of-N PSNR
+and SSIM per predicted frame of samples conditioned on the context frames
+(`video_prediction_scores`) and the FID of predicted frames (`video_fid`);
+scripts/evaluate_video.py runs them on a workdir.
 
 `evaluate_calibrated` also evaluates each Gaussian model at its own maximum-likelihood
 shared sigma (sigma^2 = test MSE of the decoder mean): the bound it would reach with the
@@ -43,6 +50,7 @@ from sigma_vae_jax import metrics
 from sigma_vae_jax import models
 from sigma_vae_jax import train_step
 from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax import video_metrics
 
 # Which checkpoint of a run `load_run` restores.
 CHECKPOINTS = ("latest", "best")
@@ -402,3 +410,153 @@ def fid_score(trainer, state, test_images: np.ndarray, num_samples: int, fid_kin
   samples = prior_samples(trainer, state, num_samples, rng, batch_size)
   reference = np.asarray(test_images[:num_samples], np.float32) / 255.0
   return metrics.fid(samples, reference, feature_fn)
+
+
+# ----------------------------------------------------------------------------------
+# Video prediction (SVG-LP): per-frame ELBO, best-of-N PSNR / SSIM, FID of frames.
+# ----------------------------------------------------------------------------------
+
+
+def _require_video_model(trainer, what: str) -> int:
+  """The model's context frames; ValueError for image models."""
+  if not trainer.num_context_frames:
+    raise ValueError(f"{what}: model {trainer.config.model.name!r} is an image model; "
+                     f"it needs a video model (e.g. svg_lp)")
+  return trainer.num_context_frames
+
+
+def evaluate_elbo_per_frame(trainer, state, clips: np.ndarray, batch_size: int = 128
+                            ) -> dict:
+  """Test negative ELBO of a video model per clip and per predicted frame, in nats.
+
+  clips: uint8 [N, T, H, W, C]. The model's target frames (for SVG-LP frames 1..T-1,
+  as its training loss: those inside the context after the first included) each get
+  nelbo[t] = the likelihood's evaluation NLL summed over the frame's H*W*C values +
+  that step's KL summed over the latent dimensions, averaged over the clips. Same
+  batches, keys and likelihood form as `evaluate_elbo`, so sum(nelbo) is its nelbo.
+
+  Returns {"frame": int [T_pred] (0-based index of each target frame in the clip),
+  "nelbo", "rec", "kl": float64 [T_pred] nats per clip, "nelbo_discrete" [T_pred]
+  (continuous Gaussian decoders: the discretized likelihood of the 8-bit frames),
+  "nelbo_clip": sum of nelbo (nats per clip), "num_context_frames", "num_examples"}.
+  Raises ValueError for image models.
+  """
+  num_context = _require_video_model(trainer, "evaluate_elbo_per_frame")
+  eval_rng = jax.random.fold_in(state.rng, trainer_lib.EVAL_STREAM)  # as Trainer.evaluate
+  totals = None
+  for i, (batch, mask, _) in enumerate(_batches(trainer, clips, batch_size)):
+    sums = trainer.frame_nelbo_sums(state, batch, mask, jax.random.fold_in(eval_rng, i))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = {k: np.asarray(v, np.float64) for k, v in jax.device_get(totals).items()}
+  count = float(totals.pop("count"))
+  result = {k: v / count for k, v in totals.items()}
+  result["nelbo"] = result["rec"] + result["kl"]
+  num_frames = len(result["nelbo"])
+  # The target is the clip's last num_frames frames (SVG-LP: x[:, 1:]).
+  result["frame"] = np.arange(clips.shape[1] - num_frames, clips.shape[1])
+  result["nelbo_clip"] = float(result["nelbo"].sum())
+  result["num_context_frames"] = num_context
+  result["num_examples"] = int(count)
+  return result
+
+
+def _cyclic_batches(trainer, clips: np.ndarray, batch_size: int):
+  """(first row, sharded uint8 batch, number of valid rows) per batch; the last one is filled
+  with clips from the start of the set, not zeros: with batch-statistics
+  normalisation (svg_lp's norm="batch") a clip's samples depend on the rest of its
+  batch, and zero clips would shift those statistics."""
+  batch_size = _batch_size_for(trainer, batch_size)
+  n = len(clips)
+  for start in range(0, n, batch_size):
+    rows = np.arange(start, start + batch_size) % n
+    yield start, trainer.shard_batch(np.asarray(clips[rows])), min(batch_size, n - start)
+
+
+def _check_clips(trainer, clips: np.ndarray) -> int:
+  """The model's context frames, after checking that the clips extend past them."""
+  num_context = _require_video_model(trainer, "video prediction")
+  if clips.ndim != 5 or clips.shape[1] <= num_context:
+    raise ValueError(f"video prediction: clips must be uint8 [N, T > {num_context}, H, W, "
+                     f"C] (the model conditions on {num_context} frames); got "
+                     f"{clips.shape}")
+  return num_context
+
+
+def video_prediction_scores(trainer, state, clips: np.ndarray, rng: jax.Array,
+                            num_samples: int = 100, batch_size: int = 100,
+                            temperature: float = 1.0) -> dict:
+  """Best-of-N PSNR and SSIM per predicted frame, as the SVG papers evaluate.
+
+  For each uint8 clip [N, T, H, W, C], `num_samples` continuations are drawn with
+  `trainer.sample` conditioned on its first `trainer.num_context_frames` frames (the
+  likelihood's mean frames, fed back), and each predicted frame keeps the best score
+  over the draws (`video_metrics`: PSNR in dB with data range 1, SSIM with the 11x11
+  Gaussian window; frames must be at least 11x11). Scored frames are the clip's
+  frames num_context .. num_context + F - 1 with F = min(frames the model generates,
+  T - num_context). Clips are drawn in batches of different clips (one draw each per
+  call, as the reference: batch statistics are over other clips); draw k of batch i
+  uses the key fold_in(fold_in(rng, i), k), so the first draws do not depend on
+  num_samples and best-of-N never decreases with N. Memory holds one draw per batch
+  and the running best, never N draws.
+
+  Returns {"frame": int [F] (0-based clip frame indices), "psnr", "ssim": float64
+  [F] means over clips of the best-of-N scores, "psnr_per_clip", "ssim_per_clip":
+  [N_clips, F], "num_samples"}.
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+  num_context = _check_clips(trainer, clips)
+  h, w = clips.shape[2:4]
+  if min(h, w) < video_metrics.WINDOW_SIZE:
+    raise ValueError(f"video prediction: SSIM's {video_metrics.WINDOW_SIZE}x"
+                     f"{video_metrics.WINDOW_SIZE} window needs frames of at least that "
+                     f"size; got {h}x{w}")
+  per_clip = {"psnr": [], "ssim": []}
+  for i, (_, batch, n) in enumerate(_cyclic_batches(trainer, clips, batch_size)):
+    context = batch[:, :num_context]
+    batch_key = jax.random.fold_in(rng, i)
+    best = None
+    for k in range(num_samples):
+      frames = trainer.sample(state, jax.random.fold_in(batch_key, k), num=batch.shape[0],
+                              context=context, temperature=temperature)
+      if best is None:  # the frames the model generates, within the clip
+        num_frames = min(frames.shape[1], clips.shape[1] - num_context)
+        target = input_pipeline.to_float(batch[:, num_context:num_context + num_frames])
+      best = video_metrics.update_best(best, target, frames[:, :num_frames])
+    for key, value in jax.device_get(best).items():
+      per_clip[key].append(np.asarray(value, np.float64)[:n])
+  result = {f"{k}_per_clip": np.concatenate(v) for k, v in per_clip.items()}
+  result.update({k: result[f"{k}_per_clip"].mean(axis=0) for k in per_clip})
+  result["frame"] = np.arange(num_context, num_context + num_frames)
+  result["num_samples"] = num_samples
+  return result
+
+
+def video_fid(trainer, state, clips: np.ndarray, fid_kind: str, rng: jax.Array,
+              weights_path: Optional[str] = None, batch_size: int = 100,
+              temperature: float = 1.0) -> float:
+  """FID between predicted frames and the true frames at the same positions.
+
+  One continuation per uint8 clip [N, T, H, W, C], conditioned on its context frames
+  (`trainer.sample`, batch i with key fold_in(rng, i)); its F predicted frames (as in
+  `video_prediction_scores`) are N * F images against the clips' N * F true frames
+  num_context .. num_context + F - 1. fid_kind: 'random' or 'inception' (see
+  `fid_score`). Features are computed batch by batch, so memory holds one batch of
+  frames.
+  """
+  num_context = _check_clips(trainer, clips)
+  feature_fn = fid_feature_fn(fid_kind, weights_path)
+  predicted, reference = [], []
+  for i, (start, batch, n) in enumerate(_cyclic_batches(trainer, clips, batch_size)):
+    frames = trainer.sample(state, jax.random.fold_in(rng, i), num=batch.shape[0],
+                            context=batch[:, :num_context], temperature=temperature)
+    num_frames = min(frames.shape[1], clips.shape[1] - num_context)
+    frames = np.asarray(jax.device_get(frames))[:n, :num_frames]
+    truth = np.asarray(clips[start:start + n, num_context:num_context + num_frames])
+    predicted.append(metrics.compute_features(
+        frames.reshape((-1,) + frames.shape[2:]), feature_fn))
+    reference.append(metrics.compute_features(
+        truth.reshape((-1,) + truth.shape[2:]).astype(np.float32) / 255.0, feature_fn))
+  mu1, s1 = metrics.feature_statistics(np.concatenate(predicted))
+  mu2, s2 = metrics.feature_statistics(np.concatenate(reference))
+  return float(metrics.frechet_distance(mu1, s1, mu2, s2))

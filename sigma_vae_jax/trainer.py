@@ -150,6 +150,9 @@ class Trainer:
     self.reconstruct = jax.jit(self._reconstruct)
     self.sample = jax.jit(self._sample, static_argnames=("num", "temperature"))
     self.calibration_sums = jax.jit(self._calibration_sums, static_argnames="discrete")
+    # Video models only (evaluate.evaluate_elbo_per_frame); sharded as eval_sums.
+    self.frame_nelbo_sums = jit(self._frame_nelbo_sums, in_shardings=(rep, bat, bat, rep),
+                                out_shardings=rep)
 
   def _target_shape(self) -> tuple[int, ...]:
     key = jax.random.PRNGKey(0)
@@ -199,6 +202,42 @@ class Trainer:
     mask = mask.astype(jnp.float32)
     sums = {k: jnp.sum(v * mask) for k, v in sums.items()}
     sums["count"] = mask.sum()
+    return sums
+
+  def _frame_nelbo_sums(self, state: steps.TrainState, data, mask, rng) -> dict:
+    """A video model's eval terms per predicted frame, summed over the valid clips.
+
+    The forward pass of `_eval_sums` (same rng, same likelihood form), split by the
+    target's frame axis instead of summed over it. Returns, each [T_pred] in nats
+    (T_pred = the target's frames, e.g. T - 1 for SVG-LP): rec (the likelihood's
+    elementwise eval NLL summed over each frame's pixels and channels), kl (that step's
+    KL(q || p) summed over the latent dimensions of every group), nelbo_discrete (the
+    discretized Gaussian NLL of the 8-bit frames + kl, likelihoods that have one), and
+    count (valid clips). Sums over frames of rec + kl are `_eval_sums`' nelbo.
+    """
+    if not self.num_context_frames:
+      raise ValueError(f"per-frame ELBO: model {self.config.model.name!r} is an image "
+                       f"model; it needs a video model (e.g. svg_lp)")
+    x = input_pipeline.to_float(data)
+    output = self._apply(state, None, x, rng)
+    lik_params, lik_state = self._likelihood_args(state)
+    target, out = output.target, output.decoder_outputs
+    per_frame = functools.partial(losses.sum_over_data_dims, num_batch_dims=2)  # -> [B, T]
+    num_frames = target.shape[1]
+    for name, group in output.latents.items():
+      if group.kl.ndim < 2 or group.kl.shape[1] != num_frames:
+        raise ValueError(f"per-frame ELBO: latent group {name!r} has KL of shape "
+                         f"{group.kl.shape}, not [B, {num_frames} (frames), ...]")
+    kl = objectives.sum_groups({name: per_frame(group.kl)
+                                for name, group in output.latents.items()})
+    lik = self.likelihood.eval_nll(target, out, lik_params, lik_state)
+    sums = {"rec": per_frame(lik.nll), "kl": kl}
+    discrete = self.likelihood.discrete_nll(target, out, lik_params, lik_state)
+    if discrete is not None:
+      sums["nelbo_discrete"] = per_frame(discrete) + kl
+    m = mask.astype(jnp.float32)
+    sums = {k: jnp.sum(v * m[:, None], axis=0) for k, v in sums.items()}
+    sums["count"] = m.sum()
     return sums
 
   def _calibration_sums(self, state, data, mask, rng, log_sigma, discrete: bool):
