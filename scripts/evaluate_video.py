@@ -3,7 +3,8 @@ r"""Video prediction evaluation of a trained video model (SVG-LP), as the SVG pa
   python scripts/evaluate_video.py --workdir=runs/bair_svg --num_samples=100 \
       --fid_kind=inception --output_dir=results/bair_svg_eval
 
-Loads WORKDIR (config.json and the latest checkpoint, `evaluate.load_run`) and the
+Loads WORKDIR (config.json and the latest or `--checkpoint=best` checkpoint,
+`evaluate.load_run`) and the
 test clips of its dataset, then computes on them:
 
 * the negative ELBO per clip and per target frame, in nats
@@ -69,6 +70,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--clip_length", type=int, default=None,
                       help="Frames per test clip (default: the run's dataset.clip_length).")
   parser.add_argument("--seed", type=int, default=0, help="Seed of the samples.")
+  parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                      help="Evaluate the latest checkpoint or the one with the best "
+                           "eval ELBO (WORKDIR/checkpoints_best/).")
   return parser.parse_args(argv)
 
 
@@ -80,8 +84,9 @@ def run(workdir: str, output_dir: Optional[str] = None, num_samples: int = 100,
         num_clips: Optional[int] = None, fid_kind: str = "random",
         fid_weights_path: Optional[str] = None, batch_size: int = 100,
         temperature: float = 1.0, clip_length: Optional[int] = None,
-        seed: int = 0) -> dict:
-  """Evaluates WORKDIR's latest checkpoint; writes the outputs and returns the JSON dict."""
+        seed: int = 0, checkpoint: str = "latest") -> dict:
+  """Evaluates WORKDIR's latest (or best) checkpoint; writes the outputs and returns
+  the JSON dict."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax import checkpointing  # pylint: disable=g-import-not-at-top
@@ -102,7 +107,8 @@ def run(workdir: str, output_dir: Optional[str] = None, num_samples: int = 100,
   if fid_kind != "none":
     evaluate.fid_feature_fn(fid_kind, fid_weights_path)  # missing weights: fail first
   source = input_pipeline.get_data_source(config.dataset)
-  _, trainer, state = evaluate.load_run(workdir, image_shape=source.image_shape)
+  _, trainer, state = evaluate.load_run(workdir, image_shape=source.image_shape,
+                                        checkpoint=checkpoint)
   if not trainer.num_context_frames:
     raise ValueError(f"{workdir} trained the image model {config.model.name!r}; this script "
                      f"evaluates video models (e.g. svg_lp)")
@@ -201,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from sigma_vae_jax import configuration  # pylint: disable=g-import-not-at-top
   try:
     run(args.workdir, args.output_dir, args.num_samples, args.num_clips, args.fid_kind,
-        args.fid_weights_path, args.batch_size, args.temperature, args.clip_length, args.seed)
+        args.fid_weights_path, args.batch_size, args.temperature, args.clip_length, args.seed,
+        args.checkpoint)
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError,
           configuration.ConfigError) as e:
     # User mistakes (wrong workdir, image model, missing weights): one line.
