@@ -18,11 +18,24 @@ def _read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir):
+# Third-party start-up noise a user must not see (issue 13): TensorFlow's C++ lines, TFDS
+# deprecation and preparation banners, JAX's TPU probe.
+NOISE = ("oneDNN custom operations", "cpu_feature_guard", "absl::InitializeLog",
+         "FeatureConnector.dtype", "Downloading and preparing", "Generating splits",
+         "tf_record_dataset_op", "Unable to initialize backend", "Traceback")
+
+
+def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir, monkeypatch):
   workdir = str(tmp_path / "run")
+  # The run gets the package's own defaults for TensorFlow's logging, not the test
+  # set-up's (conftest.py) or this process's.
+  monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+  monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
   result = cli_utils.run_cli(workdir, shapes_data_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "steps/s" in result.stdout and "eval step 12" in result.stdout
+  for noise in NOISE:
+    assert noise not in result.stdout + result.stderr, (noise, result.stderr[-3000:])
 
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
   rows = _read_metrics(workdir)
