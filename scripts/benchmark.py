@@ -44,16 +44,18 @@ import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
+from absl import logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", os.path.join(ROOT, "configs", "default.py"),
-    "Path to a config file (configs/*.py).", lock_config=True)
+cli.define_config_file(
+    "config", os.path.join(ROOT, "configs", "default.py"), "Path to a config file "
+    "(configs/*.py); override fields with --config.KEY=VALUE.", sys.argv)
 flags.DEFINE_string("image_shape", None,
                     "H,W,C of the synthetic images; default: from config.dataset "
                     "(image_size, else the dataset's native shape).")
@@ -78,13 +80,16 @@ NATIVE_SHAPES = {
 
 def resolve_image_shape(config, flag_value):
   if flag_value:
-    shape = tuple(int(v) for v in flag_value.split(","))
+    try:
+      shape = tuple(int(v) for v in flag_value.split(","))
+    except ValueError:
+      cli.usage_error(f"--image_shape must be H,W,C; got {flag_value!r}")
     if len(shape) != 3:
-      raise app.UsageError(f"--image_shape must be H,W,C; got {flag_value!r}")
+      cli.usage_error(f"--image_shape must be H,W,C; got {flag_value!r}")
     return shape
   name = config.dataset.name
   if name not in NATIVE_SHAPES:
-    raise app.UsageError(f"dataset {name!r} has no known shape: pass --image_shape=H,W,C")
+    cli.usage_error(f"dataset {name!r} has no known shape: pass --image_shape=H,W,C")
   h, w, c = NATIVE_SHAPES[name]
   if config.dataset.image_size is not None:
     h, w = (int(v) for v in config.dataset.image_size)
@@ -160,8 +165,8 @@ def run(config, image_shape):
   train_fn = trainer.train_on_batches.lower(state, batches).compile()
   result["compile_s"] = time.perf_counter() - start
   for _ in range(FLAGS.warmup):
-    state, metrics = train_fn(state, batches)
-  jax.block_until_ready((state, metrics))
+    state, _ = train_fn(state, batches)
+  jax.block_until_ready(state)
 
   def train_call():
     nonlocal state
@@ -194,8 +199,8 @@ def run(config, image_shape):
     state = trainer.init_state()
     device_fn = trainer.train_on_device.lower(state, data).compile()
     for _ in range(FLAGS.warmup):
-      state, metrics = device_fn(state, data)
-    jax.block_until_ready((state, metrics))
+      state, _ = device_fn(state, data)
+    jax.block_until_ready(state)
     calls = max(1, math.ceil(FLAGS.device_train_steps / spc))
     start = time.perf_counter()
     for _ in range(calls):  # Dispatched back to back, as in train_and_evaluate.
@@ -256,7 +261,11 @@ def run(config, image_shape):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    # JAX's INFO lines (e.g. "Unable to initialize backend 'tpu'") are not results.
+    logging.set_verbosity(logging.WARNING)
+  cli.quiet_third_party_logs()
   config = FLAGS.config
   image_shape = resolve_image_shape(config, FLAGS.image_shape)
   result = run(config, image_shape)
@@ -264,4 +273,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.absl_flags_parser)

@@ -24,68 +24,81 @@ import statistics
 import sys
 import time
 
-try:
-  import torch
-  from torch import nn
-except ImportError:
-  sys.exit("benchmark_pytorch.py needs PyTorch, which is not a dependency of "
-           "sigma_vae_jax. Install a CPU build, e.g.: pip install torch "
-           "(or: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+
+def _import_torch():
+  """torch and torch.nn, imported only when benchmarking (so --help works without)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from torch import nn  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    sys.exit("ERROR: benchmark_pytorch.py needs PyTorch, which is not a dependency of "
+             "sigma_vae_jax. Install a CPU build, e.g.: pip install torch "
+             "(or: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+  return torch, nn
 
 
-class ConvSigmaVAE(nn.Module):
-  """Small conv VAE of the sigma-VAE paper (28x28 inputs)."""
+def conv_sigma_vae(channels: int = 3, z_dim: int = 20, filters: int = 32):
+  """The small conv VAE of the sigma-VAE paper (28x28 inputs), a torch nn.Module."""
+  torch, nn = _import_torch()
 
-  def __init__(self, channels: int = 3, z_dim: int = 20, filters: int = 32):
-    super().__init__()
-    f = filters
-    self.encoder = nn.Sequential(
-        nn.Conv2d(channels, f, 3, 1, 1), nn.ReLU(),
-        nn.Conv2d(f, 2 * f, 4, 2, 1), nn.ReLU(),
-        nn.Conv2d(2 * f, 4 * f, 5, 2, 2), nn.ReLU(),
-        nn.Flatten())
-    self.fc_mu = nn.Linear(4 * f * 7 * 7, z_dim)
-    self.fc_logvar = nn.Linear(4 * f * 7 * 7, z_dim)
-    self.fc_dec = nn.Linear(z_dim, 4 * f * 7 * 7)
-    self.decoder = nn.Sequential(
-        nn.ConvTranspose2d(4 * f, 2 * f, 6, 2, 2), nn.ReLU(),
-        nn.ConvTranspose2d(2 * f, f, 6, 2, 2), nn.ReLU(),
-        nn.Conv2d(f, channels, 5, 1, 2), nn.Sigmoid())
-    self.f = f
+  class ConvSigmaVAE(nn.Module):
+    """Small conv VAE of the sigma-VAE paper (28x28 inputs)."""
 
-  def decode(self, z):
-    h = torch.relu(self.fc_dec(z)).view(-1, 4 * self.f, 7, 7)
-    return self.decoder(h)
+    def __init__(self, channels: int = 3, z_dim: int = 20, filters: int = 32):
+      super().__init__()
+      f = filters
+      self.encoder = nn.Sequential(
+          nn.Conv2d(channels, f, 3, 1, 1), nn.ReLU(),
+          nn.Conv2d(f, 2 * f, 4, 2, 1), nn.ReLU(),
+          nn.Conv2d(2 * f, 4 * f, 5, 2, 2), nn.ReLU(),
+          nn.Flatten())
+      self.fc_mu = nn.Linear(4 * f * 7 * 7, z_dim)
+      self.fc_logvar = nn.Linear(4 * f * 7 * 7, z_dim)
+      self.fc_dec = nn.Linear(z_dim, 4 * f * 7 * 7)
+      self.decoder = nn.Sequential(
+          nn.ConvTranspose2d(4 * f, 2 * f, 6, 2, 2), nn.ReLU(),
+          nn.ConvTranspose2d(2 * f, f, 6, 2, 2), nn.ReLU(),
+          nn.Conv2d(f, channels, 5, 1, 2), nn.Sigmoid())
+      self.f = f
 
-  def loss(self, x):
-    h = self.encoder(x)
-    mu, logvar = self.fc_mu(h), self.fc_logvar(h)
-    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-    x_hat = self.decode(z)
-    b = x.shape[0]
-    log_sigma = 0.5 * torch.log(((x - x_hat) ** 2).mean())
-    rec = torch.sum(0.5 * ((x - x_hat) / torch.exp(log_sigma)) ** 2 + log_sigma
-                    + 0.5 * math.log(2 * math.pi)) / b
-    kl = torch.sum(-0.5 * (1 + logvar - mu ** 2 - torch.exp(logvar))) / b
-    return rec + kl
+    def decode(self, z):
+      h = torch.relu(self.fc_dec(z)).view(-1, 4 * self.f, 7, 7)
+      return self.decoder(h)
+
+    def loss(self, x):
+      h = self.encoder(x)
+      mu, logvar = self.fc_mu(h), self.fc_logvar(h)
+      z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+      x_hat = self.decode(z)
+      b = x.shape[0]
+      log_sigma = 0.5 * torch.log(((x - x_hat) ** 2).mean())
+      rec = torch.sum(0.5 * ((x - x_hat) / torch.exp(log_sigma)) ** 2 + log_sigma
+                      + 0.5 * math.log(2 * math.pi)) / b
+      kl = torch.sum(-0.5 * (1 + logvar - mu ** 2 - torch.exp(logvar))) / b
+      return rec + kl
+
+  return ConvSigmaVAE(channels=channels, z_dim=z_dim, filters=filters)
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--batch_size", type=int, default=128)
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--batch_size", type=int, default=128, help="images per step")
   p.add_argument("--image_shape", default="28,28,3", help="H,W,C (H=W=28 only)")
-  p.add_argument("--steps", type=int, default=20)
-  p.add_argument("--warmup", type=int, default=5)
-  p.add_argument("--threads", type=int, default=os.cpu_count())
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--steps", type=int, default=20, help="timed train steps (median)")
+  p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+  p.add_argument("--threads", type=int, default=os.cpu_count(),
+                 help="torch.set_num_threads (default: all cores)")
+  p.add_argument("--seed", type=int, default=0, help="torch.manual_seed")
   a = p.parse_args()
   h, w, c = (int(v) for v in a.image_shape.split(","))
   if (h, w) != (28, 28):
-    sys.exit("only 28x28 images are supported (the encoder flattens 7x7 maps)")
+    p.error("only 28x28 images are supported (the encoder flattens 7x7 maps)")
 
+  torch, _ = _import_torch()
   torch.set_num_threads(a.threads)
   torch.manual_seed(a.seed)
-  model = ConvSigmaVAE(channels=c)
+  model = conv_sigma_vae(channels=c)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   x = torch.rand(a.batch_size, c, h, w, dtype=torch.float32)
 

@@ -1,4 +1,4 @@
-"""Table 1: beta-VAE over a grid of beta vs the sigma-VAE (learned/optimal sigma).
+r"""Table 1: beta-VAE over a grid of beta vs the sigma-VAE (learned/optimal sigma).
 
 For every model: the test negative ELBO (the bound on -log p, nats and bits/dim),
 the discretized-Gaussian bound on the 8-bit data, the effective beta of the decoder's
@@ -86,10 +86,10 @@ def _define(fv):
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define)
+  fv = sweeps.parse_flags(argv, _define, description=__doc__)
   return run(**sweeps.common_kwargs(fv), betas=sweeps.betas_from_flags(fv),
              sigma_decoders=list(fv.sigma_decoders))
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  sweeps.run_main(main)

@@ -1,4 +1,4 @@
-"""Tables 2-4: every decoder (or --decoders) on one dataset and model.
+r"""Tables 2-4: every decoder (or --decoders) on one dataset and model.
 
 Per decoder: test negative ELBO (nats, bits/dim), the bound on the 8-bit data
 (discrete decoders: their ELBO; Gaussian decoders: the discretized Gaussian
@@ -105,9 +105,9 @@ def _define(fv):
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define)
+  fv = sweeps.parse_flags(argv, _define, description=__doc__)
   return run(**sweeps.common_kwargs(fv), decoder_names=list(fv.decoders), beta=fv.beta)
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  sweeps.run_main(main)

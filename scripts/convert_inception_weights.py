@@ -1,4 +1,4 @@
-"""Converts pytorch-fid's InceptionV3 weights to the .npz that
+r"""Converts pytorch-fid's InceptionV3 weights to the .npz that
 `sigma_vae_jax.inception.load_params` reads.
 
   python scripts/convert_inception_weights.py \

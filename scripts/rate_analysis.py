@@ -1,4 +1,4 @@
-"""Figure 3: mutual information I_e(x; z) and marginal KL D_KL(m(z) || p(z)) of
+r"""Figure 3: mutual information I_e(x; z) and marginal KL D_KL(m(z) || p(z)) of
 beta-VAEs over a beta grid and of the sigma-VAE, placed at its effective beta.
 
 Monte Carlo estimates as in Rosca et al. (2018), paper Sec. 5.2, on the test images.
@@ -75,10 +75,10 @@ def _define(fv):
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define, default_fid_kind="none")
+  fv = sweeps.parse_flags(argv, _define, default_fid_kind="none", description=__doc__)
   return run(**sweeps.common_kwargs(fv), betas=sweeps.betas_from_flags(fv),
              sigma_decoders=list(fv.sigma_decoders))
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  sweeps.run_main(main)

@@ -120,9 +120,9 @@ def _define(fv):
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define, default_fid_kind="none")
+  fv = sweeps.parse_flags(argv, _define, default_fid_kind="none", description=__doc__)
   return run(**sweeps.common_kwargs(fv), beta=fv.beta)
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  sweeps.run_main(main)

@@ -24,8 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from sigma_vae_jax import likelihoods  # pylint: disable=g-import-not-at-top
-from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax import sweeps  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
@@ -44,6 +42,7 @@ VARIANTS = {
 def num_variance_parameters(config, overrides, image_shape) -> int:
   """Variance parameters per image: the closed-form sigma's shape, 1 for per-image,
   H*W*C for the network-predicted per-pixel sigma."""
+  from sigma_vae_jax import likelihoods  # pylint: disable=g-import-not-at-top
   likelihood = likelihoods.get_likelihood(sweeps.apply_overrides(config, overrides).decoder)
   if isinstance(likelihood, likelihoods.OptimalSigma):
     return likelihood.num_variance_parameters(image_shape)
@@ -61,6 +60,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
     raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
   os.makedirs(output_dir, exist_ok=True)
   config = sweeps.prepare_config(config)
+  from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   image_shape = input_pipeline.get_data_source(config.dataset).image_shape
   variants = []
   for name in variant_names:
@@ -121,9 +121,9 @@ def _define(fv):
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define)
+  fv = sweeps.parse_flags(argv, _define, description=__doc__)
   return run(**sweeps.common_kwargs(fv), variant_names=list(fv.variants))
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  sweeps.run_main(main)

@@ -9,7 +9,9 @@ One entry point, `get_data_source(config.dataset)`, returns a `DataSource` for a
   (`bair_robot_pushing_small`, frames of the 30-frame videos as images): TFDS;
 * `numpy` (a `.npy`/`.npz` uint8 array) and `folder` (a folder of image files).
 
-A `DataSource` gives the whole split as uint8 [N, H, W, C] in host memory
+`DataSource.description()` is one line for the start of a run: the dataset, where it
+is read from (or generated into), the train/test sizes and how a held-out test split
+was made. A `DataSource` gives the whole split as uint8 [N, H, W, C] in host memory
 (`load_split`, for `dataset.on_device=True`) or a deterministic, resumable, per-process
 stream of uint8 batches (`batch_iterator`, tf.data). All host-side preprocessing (centre
 crop, resize to `dataset.image_size`) happens here and keeps uint8; the one conversion
@@ -32,34 +34,66 @@ Optional `config.dataset` fields read here (with their defaults when absent):
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import os
+import zipfile
 from typing import Any, Iterator, Sequence
 
+DATASETS: tuple[str, ...] = (
+    "synthetic_shapes", "numpy", "folder", "mnist", "svhn", "cifar10", "celeba",
+    "frey_face", "bair", "numpy_videos")
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+  """The command line of `python -m sigma_vae_jax.input_pipeline` (see `main`)."""
+  parser = argparse.ArgumentParser(
+      prog="python -m sigma_vae_jax.input_pipeline",
+      description="Download and prepare datasets ahead of training (TFDS datasets into "
+                  "--data_dir; numpy/folder files are checked and their split shown), "
+                  "e.g. on a machine with network access.")
+  parser.add_argument("names", nargs="+", choices=DATASETS, metavar="NAME",
+                      help=f"one or more of: {', '.join(DATASETS)}")
+  parser.add_argument("--data_dir", default=None,
+                      help="TFDS data_dir (dataset.data_dir; default ~/tensorflow_datasets)")
+  parser.add_argument("--manual_dir", default=None,
+                      help="folder of manually downloaded files (dataset.manual_dir)")
+  parser.add_argument("--path", default="",
+                      help="dataset.path (numpy, folder, numpy_videos)")
+  return parser
+
+
+if __name__ == "__main__":
+  # `python -m sigma_vae_jax.input_pipeline`: answer --help and usage errors before
+  # the imports below (TensorFlow takes seconds).
+  _argument_parser().parse_args()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sigma_vae_jax import cli
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def prepare_tensorflow() -> None:
   """Done once, when data is first read (never at import):
 
   * keeps TensorFlow (tf.data, image decoding) off the accelerators JAX owns;
-  * registers this package's TFDS builders (`synthetic_shapes`, `frey_face`).
+  * registers this package's TFDS builders (`synthetic_shapes`, `frey_face`);
+  * drops TFDS's log noise that our own use triggers (`cli.NOISE`).
   """
   try:
     tf.config.experimental.set_visible_devices([], "GPU")
   except (RuntimeError, ValueError):  # TensorFlow already initialised its devices.
     pass
   importlib.import_module("sigma_vae_jax.datasets")  # Registers the builders.
+  cli.quiet_third_party_logs()
 
-DATASETS: tuple[str, ...] = (
-    "synthetic_shapes", "numpy", "folder", "mnist", "svhn", "cifar10", "celeba",
-    "frey_face", "bair", "numpy_videos")
 
 # Seed of the held-out test split of datasets without one (fixed: the test set must not
 # change with the training seed).
@@ -228,6 +262,17 @@ class _Preprocess:
   def is_identity(self) -> bool:
     return self.center_crop is None and self.image_size is None
 
+  def describe(self, native: Sequence[int]) -> str:
+    """'' or e.g. 'centre crop 148x148, resized from 218x178 to 32x32'."""
+    pre = self.simplified(native)
+    parts = []
+    if pre.center_crop is not None:
+      parts.append(f"centre crop {pre.center_crop[0]}x{pre.center_crop[1]}")
+    if pre.image_size is not None:
+      h, w = pre.center_crop or (int(native[0]), int(native[1]))
+      parts.append(f"resized from {h}x{w} to {pre.image_size[0]}x{pre.image_size[1]}")
+    return ", ".join(parts)
+
   def tf_apply(self, images: tf.Tensor) -> tf.Tensor:
     """uint8 [..., h, w, c] -> uint8 [..., H, W, c] (single image or a batch)."""
     if self.center_crop is not None:
@@ -317,6 +362,33 @@ class DataSource:
   image_shape: tuple[int, int, int]
   num_examples: dict[str, int]
   _backend: Any = dataclasses.field(default=None, repr=False, compare=False)
+  # For `description`: where the data is read from, how it was preprocessed and how
+  # the test split was made ('' when the dataset has one).
+  _origin: str = dataclasses.field(default="", repr=False, compare=False)
+  _preprocessing: str = dataclasses.field(default="", repr=False, compare=False)
+  _split: str = dataclasses.field(default="", repr=False, compare=False)
+
+  def description(self) -> str:
+    """One line for the start of a run: the dataset, where it is read from (or
+    written to), its train/test sizes and, for hold-out splits, how they were made.
+
+    E.g. "Data: folder (1,234 image files under /data/faces): 1,111 train / 123 test
+    images of 64x64x3; test split: 10% held out at random (dataset.test_fraction=0.1,
+    fixed seed 0: the same split in every run)."
+    """
+    shape = "x".join(str(d) for d in self.image_shape)
+    unit = "clips" if len(self.image_shape) == 4 else (
+        "frames" if self.is_video else "images")
+    text = f"Data: {self.name}"
+    if self._origin:
+      text += f" ({self._origin})"
+    text += (f": {self.num_examples.get('train', 0):,} train / "
+             f"{self.num_examples.get('test', 0):,} test {unit} of {shape}")
+    if self._preprocessing:
+      text += f" ({self._preprocessing})"
+    if self._split:
+      text += f"; {self._split}"
+    return text + "."
 
   def _check_split(self, split: str) -> None:
     if split not in self.num_examples:
@@ -444,8 +516,11 @@ class _TfdsBackend:
     self.as_clips = bool(as_clips and spec.video)
     self._feature = builder.info.features[spec.image_key]
     self._pre = preprocess.simplified(self.native_shape)
+    self.preprocessing = preprocess.describe(self.native_shape)
+    self.video_frames = None
     if spec.video:
       video_frames = int(tuple(builder.info.features.shape[spec.image_key])[0])
+      self.video_frames = video_frames
       if self.as_clips and not 1 <= clip_length <= video_frames:
         raise ValueError(f"`dataset.clip_length`={clip_length} must be in [1, "
                          f"{video_frames}] (frames per {spec.tfds_name} video).")
@@ -586,20 +661,39 @@ def _require_path(cfg, kind: str) -> str:
   return path
 
 
+def _load_array(path: str, key: str, form: str) -> np.ndarray:
+  """The array of a .npy file, or of a .npz file (`key`, else its first array).
+
+  A file numpy cannot read (truncated, not .npy/.npz, a pickled object array) raises
+  ValueError naming it and the expected form.
+  """
+  try:
+    with open(path, "rb") as f:
+      loaded = np.load(f, allow_pickle=False)
+      if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+          if not loaded.files:
+            raise ValueError(f"`dataset.path`={path!r}: the .npz file holds no arrays.")
+          return loaded[key if key in loaded.files else loaded.files[0]]
+      return loaded
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    if str(e).startswith("`dataset.path`"):
+      raise
+    raise ValueError(
+        f"`dataset.path`={path!r} is not a readable .npy/.npz file of {form} "
+        f"({type(e).__name__}: {_one_line(e)}).") from e
+
+
+def _one_line(text) -> str:
+  return " ".join(str(text).split())
+
+
 def load_numpy_images(path: str) -> np.ndarray:
   """uint8 [N, H, W, C] from a .npy file or a .npz file (key 'images', else the first)."""
   if os.path.isdir(path):
     raise ValueError(f"`dataset.path`={path!r} is a folder; dataset.name='numpy' needs a "
                      f".npy/.npz file (use dataset.name='folder' for image folders).")
-  with open(path, "rb") as f:
-    loaded = np.load(f, allow_pickle=False)
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-      if not loaded.files:
-        raise ValueError(f"`dataset.path`={path!r}: the .npz file holds no arrays.")
-      key = "images" if "images" in loaded.files else loaded.files[0]
-      images = loaded[key]
-    else:
-      images = loaded
+  images = _load_array(path, "images", "a uint8 array [N, H, W] or [N, H, W, C]")
   if images.dtype != np.uint8:
     raise ValueError(f"`dataset.path`={path!r}: expected a uint8 array [N, H, W] or "
                      f"[N, H, W, C]; got dtype {images.dtype} (convert with "
@@ -633,17 +727,25 @@ def load_image_folder(path: str) -> np.ndarray:
                      f"({', '.join(IMAGE_EXTENSIONS)}) found.")
   images, size0 = [], None
   for f in files:
-    with Image.open(f) as im:
-      gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-      im = im.convert("L" if gray else "RGB")
-      if size0 is None:
-        size0 = (im.size, f)
-      elif im.size != size0[0]:
-        raise ValueError(
-            f"`dataset.path`: image {f} is {im.size[1]}x{im.size[0]} (HxW) but "
-            f"{size0[1]} is {size0[0][1]}x{size0[0][0]}; all images must have the same "
-            f"size.")
-      images.append(np.asarray(im, np.uint8))
+    try:
+      with Image.open(f) as im:
+        gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+        image = np.asarray(im.convert("L" if gray else "RGB"), np.uint8)
+    except Exception as e:  # pylint: disable=broad-except
+      # PIL raises OSError (truncated), UnidentifiedImageError, SyntaxError (broken
+      # PNG chunks), DecompressionBombError...: all mean this file cannot be used.
+      raise ValueError(
+          f"`dataset.path`: cannot read the image file {f} ({type(e).__name__}: "
+          f"{_one_line(e)}); fix or remove it.") from e
+    size = image.shape[:2]
+    if size0 is None:
+      size0 = (size, f)
+    elif size != size0[0]:
+      raise ValueError(
+          f"`dataset.path`: image {f} is {size[0]}x{size[1]} (HxW) but "
+          f"{size0[1]} is {size0[0][0]}x{size0[0][1]}; all images must have the same "
+          f"size.")
+    images.append(image)
   if any(a.ndim == 3 for a in images):
     images = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in images]
   else:
@@ -656,29 +758,46 @@ def load_image_folder(path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------
 
 
-def _holdout_source(name: str, images: np.ndarray, cfg, pre: _Preprocess) -> DataSource:
+def _split_note(num_test: int, total: int, fraction, what: str = "") -> str:
+  return (f"test split: {num_test:,} of the {total:,}{what} held out at random "
+          f"(dataset.test_fraction={float(fraction):g}, fixed seed {HOLDOUT_SEED}: the "
+          f"same split in every run)")
+
+
+def _holdout_source(name: str, images: np.ndarray, cfg, pre: _Preprocess,
+                    origin: str = "") -> DataSource:
+  preprocessing = pre.describe(images.shape[1:])
   images = pre.simplified(images.shape[1:]).np_apply(images)
-  idx = holdout_indices(len(images), _get(cfg, "test_fraction", 0.1))
+  fraction = _get(cfg, "test_fraction", 0.1)
+  idx = holdout_indices(len(images), fraction)
   splits = {s: images[idx[s]] for s in _SPLITS}
   return DataSource(name=name, image_shape=tuple(int(x) for x in images.shape[1:]),
                     num_examples={s: len(v) for s, v in splits.items()},
-                    _backend=_ArrayBackend(splits))
+                    _backend=_ArrayBackend(splits), _origin=origin,
+                    _preprocessing=preprocessing,
+                    _split=_split_note(len(idx["test"]), len(images), fraction))
 
 
-def _video_holdout_source(name: str, videos: np.ndarray, cfg, pre: _Preprocess
-                          ) -> DataSource:
+def _video_holdout_source(name: str, videos: np.ndarray, cfg, pre: _Preprocess,
+                          origin: str = "") -> DataSource:
   """Videos [N, T, H, W, C]: a seeded fraction of the *videos* held out (no clip of a
   test video is trained on), each split cut into non-overlapping clips of
   `dataset.clip_length` frames (default: whole videos)."""
   n, t = videos.shape[:2]
+  preprocessing = pre.describe(videos.shape[2:])
   frames = pre.simplified(videos.shape[2:]).np_apply(videos.reshape((-1,) + videos.shape[2:]))
   videos = frames.reshape((n, t) + frames.shape[1:])
   length = int(_get(cfg, "clip_length", t))
-  idx = holdout_indices(n, _get(cfg, "test_fraction", 0.1))
+  fraction = _get(cfg, "test_fraction", 0.1)
+  idx = holdout_indices(n, fraction)
   splits = {s: extract_clips(videos[idx[s]], length) for s in _SPLITS}
+  clips = (f"non-overlapping clips of dataset.clip_length={length} of the {t} frames "
+           f"of each video")
   return DataSource(name=name, image_shape=tuple(int(x) for x in splits["train"].shape[1:]),
                     num_examples={s: len(v) for s, v in splits.items()},
-                    _backend=_ArrayBackend(splits))
+                    _backend=_ArrayBackend(splits), _origin=origin,
+                    _preprocessing=", ".join(p for p in (clips, preprocessing) if p),
+                    _split=_split_note(len(idx["test"]), n, fraction, " videos"))
 
 
 def load_numpy_videos(path: str) -> np.ndarray:
@@ -686,19 +805,7 @@ def load_numpy_videos(path: str) -> np.ndarray:
   if os.path.isdir(path):
     raise ValueError(f"`dataset.path`={path!r} is a folder; dataset.name='numpy_videos' "
                      f"needs a .npy/.npz file of uint8 videos [N, T, H, W, C].")
-  with open(path, "rb") as f:
-    try:
-      loaded = np.load(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-      raise ValueError(f"`dataset.path`={path!r} is not a readable .npy/.npz file "
-                       f"({e}).") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-      key = "videos" if "videos" in loaded.files else (loaded.files or [None])[0]
-      if key is None:
-        raise ValueError(f"`dataset.path`={path!r}: the .npz file holds no arrays.")
-      videos = loaded[key]
-    else:
-      videos = loaded
+  videos = _load_array(path, "videos", "uint8 videos [N, T, H, W, C]")
   if videos.dtype != np.uint8 or videos.ndim not in (4, 5):
     raise ValueError(f"`dataset.path`={path!r}: expected uint8 videos [N, T, H, W, C] "
                      f"or [N, T, H, W]; got {videos.dtype} of shape {videos.shape}.")
@@ -749,48 +856,58 @@ def get_data_source(dataset_config) -> DataSource:
 
   if name == "numpy":
     path = _require_path(dataset_config, name)
-    return _holdout_source(name, load_numpy_images(path), dataset_config, pre)
+    return _holdout_source(name, load_numpy_images(path), dataset_config, pre,
+                           origin=f"file {path}")
   if name == "numpy_videos":
     path = _require_path(dataset_config, name)
-    return _video_holdout_source(name, load_numpy_videos(path), dataset_config, pre)
+    videos = load_numpy_videos(path)
+    return _video_holdout_source(
+        name, videos, dataset_config, pre,
+        origin=f"{len(videos):,} videos of {videos.shape[1]} frames in {path}")
   if name == "folder":
     path = _require_path(dataset_config, name)
-    return _holdout_source(name, load_image_folder(path), dataset_config, pre)
+    images = load_image_folder(path)
+    return _holdout_source(name, images, dataset_config, pre,
+                           origin=f"{len(images):,} image files found under {path}")
 
   spec = _TFDS_SPECS[name]
   builder = _make_builder(name, spec, dataset_config)
   shuffle_buffer = int(_get(dataset_config, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
   clip_length = int(_get(dataset_config, "clip_length", DEFAULT_CLIP_LENGTH))
+  origin = (f"built in, generated locally, stored in {builder.data_dir}" if spec.local and
+            name == "synthetic_shapes" else f"TFDS {spec.tfds_name} in {builder.data_dir}")
   if spec.splits is None:
     # No test split (frey_face): read it all (small), in source order, and hold out a
     # seeded fraction in memory.
     return _holdout_source(name, _load_in_source_order(builder, spec.image_key),
-                           dataset_config, pre)
+                           dataset_config, pre, origin=origin)
   backend = _TfdsBackend(builder, spec, pre, shuffle_buffer, clip_length,
                          as_clips=bool(_get(dataset_config, "as_clips", False)))
+  preprocessing = backend.preprocessing
+  if backend.video:
+    videos = " / ".join(f"{backend.units(s)[0]:,}" for s in _SPLITS)
+    preprocessing = ", ".join(p for p in (
+        f"from {videos} videos of {backend.video_frames} frames", preprocessing) if p)
   return DataSource(
       name=name, image_shape=backend.example_shape(),
       num_examples={s: backend.units(s)[0] * backend.frames for s in _SPLITS},
-      _backend=backend)
+      _backend=backend, _origin=origin, _preprocessing=preprocessing)
 
 
 def main(argv=None) -> None:
-  """Prepares datasets ahead of a run: `python -m sigma_vae_jax.input_pipeline NAME...`."""
-  import argparse  # pylint: disable=g-import-not-at-top
+  """Prepares datasets ahead of a run: `python -m sigma_vae_jax.input_pipeline NAME...`.
 
-  parser = argparse.ArgumentParser(
-      description="Download and prepare datasets (TFDS) ahead of training.")
-  parser.add_argument("names", nargs="+", choices=DATASETS, metavar="NAME",
-                      help=f"one or more of: {', '.join(DATASETS)}")
-  parser.add_argument("--data_dir", default=None, help="TFDS data_dir (dataset.data_dir)")
-  parser.add_argument("--manual_dir", default=None,
-                      help="folder of manually downloaded files (dataset.manual_dir)")
-  parser.add_argument("--path", default="", help="dataset.path (numpy, folder)")
-  args = parser.parse_args(argv)
+  Prints each dataset's `DataSource.description()`; a dataset that cannot be read
+  (missing or corrupt file, failed download) ends with one ERROR line, exit 1.
+  """
+  args = _argument_parser().parse_args(argv)
   for name in args.names:
-    source = get_data_source({"name": name, "data_dir": args.data_dir,
-                              "manual_dir": args.manual_dir, "path": args.path})
-    print(f"{name}: images {source.image_shape}, examples {source.num_examples}")
+    try:
+      source = get_data_source({"name": name, "data_dir": args.data_dir,
+                                "manual_dir": args.manual_dir, "path": args.path})
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+      cli.fail(f"{name}: {e}")
+    print(source.description(), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,27 @@
-"""Command line: `python -m sigma_vae_jax.main --config=configs/default.py --workdir=DIR`.
+"""Trains a VAE: python -m sigma_vae_jax.main --config=configs/default.py --workdir=DIR
 
-Any config field can be overridden: `--config.decoder.name=shared_sigma`,
-`--config.num_train_steps=100`. Restarting with the same --workdir resumes.
+Any config field can be overridden: --config.decoder.name=shared_sigma,
+--config.num_train_steps=100 (fields: see the config file and the README).
+Restarting with the same --workdir resumes from its latest checkpoint.
+Mistakes (bad config, data or workdir) stop with one ERROR line; --verbosity=1
+adds the traceback.
 """
-
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from sigma_vae_jax import cli
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images "
+                    "(required).")
 flags.DEFINE_bool("multihost", False,
                   "Call jax.distributed.initialize() first (multi-host GPU/TPU runs).")
 config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py).", lock_config=True)
+    "config", None, "Path to a config file (configs/*.py), required; override its "
+    "fields with --config.FIELD=VALUE.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,6 +31,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Orbax and TFDS log every file they touch at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
+  cli.quiet_third_party_logs()
   import jax
   if FLAGS.multihost:
     jax.distributed.initialize()
@@ -36,13 +42,12 @@ def main(argv):
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (configuration.ConfigError, checkpointing.CheckpointError,
-          train.NonFiniteError, ValueError, FileNotFoundError) as e:
+          train.NonFiniteError, ValueError, FileNotFoundError, PermissionError) as e:
     # Expected failures (bad config, data or workdir) get one clear line, no traceback;
-    # the traceback stays in the debug log for bug reports.
+    # the traceback stays in the debug log (--verbosity=1) for bug reports.
     logging.debug("Stopped by", exc_info=True)
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    cli.fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.absl_flags_parser)

@@ -18,21 +18,32 @@ import copy
 import csv
 import dataclasses
 import hashlib
+import importlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from absl import flags
-import jax
+from absl import logging
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import reporting
-from sigma_vae_jax import train
+from sigma_vae_jax import cli
+
+# Imported on first use (JAX, and TensorFlow through train/evaluate, take seconds):
+# a script's --help answers before them. `sweeps.evaluate` etc. still work.
+_LAZY_MODULES = {"jax": "jax", "evaluate": "sigma_vae_jax.evaluate",
+                 "reporting": "sigma_vae_jax.reporting", "train": "sigma_vae_jax.train"}
+
+
+def __getattr__(name):
+  if name in _LAZY_MODULES:
+    return importlib.import_module(_LAZY_MODULES[name])
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 EVALUATIONS_FILE = "evaluations.json"
 # Config fields that do not change what is trained (paths), left out of the run hash.
@@ -122,6 +133,7 @@ def run_workdir(workdir_root: str, config) -> str:
 
 def is_finished(workdir: str, num_train_steps: int) -> bool:
   """Whether workdir holds the final eval of a run of num_train_steps steps."""
+  from sigma_vae_jax import reporting  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, reporting.METRICS_FILE)
   if not os.path.exists(path):
     return False
@@ -131,6 +143,7 @@ def is_finished(workdir: str, num_train_steps: int) -> bool:
 
 def read_metrics(workdir: str) -> list[dict]:
   """The JSON lines of WORKDIR/metrics.jsonl (a resumed run may repeat steps)."""
+  from sigma_vae_jax import reporting  # pylint: disable=g-import-not-at-top
   rows = []
   with open(os.path.join(workdir, reporting.METRICS_FILE)) as f:
     for line in f:
@@ -145,6 +158,7 @@ def train_or_reuse(config, workdir: str, label: str) -> None:
     print(f"  {label}: reusing the finished run in {workdir}", flush=True)
     return
   print(f"  {label}: training in {workdir}", flush=True)
+  from sigma_vae_jax import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(config, workdir)
 
 
@@ -188,6 +202,8 @@ class EvalSettings:
 
 def evaluate_run(workdir: str, settings: EvalSettings) -> dict[str, float]:
   """Loads a finished run and evaluates it (cached in the workdir per settings)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax import evaluate  # pylint: disable=g-import-not-at-top
   key = json.dumps(dataclasses.asdict(settings), sort_keys=True)
 
   def compute():
@@ -231,6 +247,7 @@ def run_sweep(base_config, variants: Sequence[Variant], workdir_root: str,
   Each row: variant, seed, workdir, the variant's columns, the evaluation results
   (settings=None: none), and extra(variant, workdir, config) if given.
   """
+  from sigma_vae_jax import evaluate  # pylint: disable=g-import-not-at-top
   if settings is not None and settings.fid_kind != "none":
     evaluate.fid_feature_fn(settings.fid_kind, settings.fid_weights_path)  # fail fast
   rows = []
@@ -436,12 +453,11 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str], *,
                  default_fid_kind: str = "random") -> None:
   """The flags of every script, on fv; argv: the command line the config overrides
   (--config.KEY=VALUE) are read from."""
-  config_flags.DEFINE_config_file(
+  cli.define_config_file(
       "config", _default_config_path(), "Path to a config file (configs/*.py); override "
-      "fields with --config.KEY=VALUE.", flag_values=fv, lock_config=False,
-      sys_argv=list(argv))
-  flags.DEFINE_string("output_dir", None, "Where the CSV, Markdown and PNG files go.",
-                      flag_values=fv, required=True)
+      "fields with --config.KEY=VALUE.", argv, flag_values=fv, lock_config=False)
+  flags.DEFINE_string("output_dir", None, "Where the CSV, Markdown and PNG files go "
+                      "(required).", flag_values=fv, required=True)
   flags.DEFINE_string("workdir_root", None, "Where the runs' workdirs go (default "
                       "OUTPUT_DIR/runs). Finished runs there are reused.", flag_values=fv)
   flags.DEFINE_integer("num_train_steps", default_steps, "Training steps per run "
@@ -464,13 +480,47 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str], *,
 
 def parse_flags(argv: Sequence[str], define_extra: Callable[[flags.FlagValues], None],
                 default_steps: Optional[int] = None,
-                default_fid_kind: str = "random") -> flags.FlagValues:
-  """Parses argv (argv[0]: the program) with the common flags plus define_extra's."""
+                default_fid_kind: str = "random",
+                description: Optional[str] = None) -> flags.FlagValues:
+  """Parses argv (argv[0]: the program) with the common flags plus define_extra's.
+
+  --help/-h print `description` (default: the __main__ module's docstring) and the
+  flags, and exit 0; a bad flag, a misspelt --config.FIELD or a missing --config file
+  exit 2 with one line naming it (`cli.parse_flags`).
+  """
   fv = flags.FlagValues()
   define_flags(fv, argv, default_steps=default_steps, default_fid_kind=default_fid_kind)
   define_extra(fv)
-  fv(list(argv))
+  cli.parse_flags(fv, argv, description=description)
+  cli.quiet_third_party_logs()
   return fv
+
+
+def run_main(main: Callable[[list[str]], Any], argv: Optional[Sequence[str]] = None
+             ) -> None:
+  """`if __name__ == "__main__": sweeps.run_main(main)`: runs main(argv) (default
+  sys.argv); expected failures (bad flags or config, data, non-finite training) end
+  with one ERROR line and exit 1 (2 for a flag) instead of a traceback."""
+  try:
+    main(list(sys.argv if argv is None else argv))
+  except flags.Error as e:
+    cli.usage_error(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    if not isinstance(e, _expected_errors()):
+      raise
+    logging.debug("Stopped by", exc_info=True)
+    cli.fail(str(e))
+
+
+def _expected_errors() -> tuple[type, ...]:
+  """ValueError (ConfigError is one), missing files, and the training system's own
+  errors (of the modules loaded: an error cannot come from a module not imported)."""
+  errors = [ValueError, FileNotFoundError, PermissionError]
+  for module, name in (("sigma_vae_jax.checkpointing", "CheckpointError"),
+                       ("sigma_vae_jax.train", "NonFiniteError")):
+    if module in sys.modules:
+      errors.append(getattr(sys.modules[module], name))
+  return tuple(errors)
 
 
 def common_kwargs(fv: flags.FlagValues) -> dict:

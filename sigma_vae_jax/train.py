@@ -107,6 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   configuration.validate_config(config, num_devices=len(devices),
                                 dataset_names=input_pipeline.DATASETS)
   source = input_pipeline.get_data_source(config.dataset)
+  print(source.description(), flush=True)
   models.validate(config.model, source.image_shape)
   os.makedirs(workdir, exist_ok=True)
 

@@ -45,9 +45,16 @@ def test_synthetic_shapes_prepares_with_right_shapes(shapes_build):
   assert train.std() > 30
 
 
-def test_synthetic_shapes_deterministic_and_splits_differ(shapes_build, tmp_path):
+def test_synthetic_shapes_deterministic_and_splits_differ(shapes_build, tmp_path, capsys):
   # Two independent builds (capped at 1000 examples per split, to stay fast) are equal.
+  capsys.readouterr()
   _, first, _ = _build_shapes(tmp_path / "a", max_examples_per_split=1000)
+  # Prepared quietly: one line of ours saying where (no TFDS banner, progress bars).
+  out, err = capsys.readouterr()
+  assert out == ("Generating the built-in synthetic_shapes dataset (11,000 images, a few "
+                 "seconds, once; no download) into "
+                 f"{tmp_path / 'a' / 'synthetic_shapes' / '1.0.0'}\n"), out
+  assert err == "", err
   _, second, _ = _build_shapes(tmp_path / "b", max_examples_per_split=1000)
   for split in ("train", "test"):
     assert len(first[split]["image"]) == 1000

@@ -293,6 +293,63 @@ def test_folder_mixed_sizes_names_the_file(tmp_path):
     ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path)))
 
 
+def _one_line_error(excinfo):
+  message = str(excinfo.value)
+  assert "\n" not in message, message
+  return message
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not_an_image", "empty"])
+def test_folder_unreadable_image_names_the_file_in_one_line(tmp_path, kind):
+  for i in range(3):
+    Image.fromarray(_random_images(1, (8, 8, 3), seed=i)[0]).save(tmp_path / f"{i}.png")
+  data = (tmp_path / "0.png").read_bytes()
+  bad = {"truncated": data[:len(data) // 2], "not_an_image": b"GIF89a, no image",
+         "empty": b""}[kind]
+  (tmp_path / "1.png").write_bytes(bad)
+  with pytest.raises(ValueError) as e:
+    ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path)))
+  message = _one_line_error(e)
+  assert os.fspath(tmp_path / "1.png") in message and "cannot read" in message, message
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+@pytest.mark.parametrize("name", ["numpy", "numpy_videos"])
+def test_truncated_numpy_file_names_the_file_in_one_line(tmp_path, suffix, name):
+  path = tmp_path / f"data{suffix}"
+  array = _random_images(6, (5, 8, 8, 3) if name == "numpy_videos" else (8, 8, 3))
+  (np.save if suffix == ".npy" else np.savez)(path, array)
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError) as e:
+    ip.get_data_source(_config(name=name, path=os.fspath(path)))
+  message = _one_line_error(e)
+  assert os.fspath(path) in message and "not a readable .npy/.npz file" in message
+
+
+def test_description_says_where_from_how_many_and_how_split(tmp_path):
+  folder = tmp_path / "faces"
+  (folder / "sub").mkdir(parents=True)
+  for i in range(20):
+    Image.fromarray(_random_images(1, (8, 12, 3), seed=i)[0]).save(folder / "sub" / f"{i}.png")
+  text = ip.get_data_source(_config(name="folder", path=os.fspath(folder),
+                                    test_fraction=0.25, image_size=(4, 4))).description()
+  assert text == (
+      f"Data: folder (20 image files found under {folder}): 15 train / 5 test images of "
+      f"4x4x3 (resized from 8x12 to 4x4); test split: 5 of the 20 held out at random "
+      f"(dataset.test_fraction=0.25, fixed seed 0: the same split in every run).")
+  np.save(tmp_path / "x.npy", _random_images(1000, (4, 4)))
+  text = ip.get_data_source(_config(name="numpy", path=os.fspath(tmp_path / "x.npy"))
+                            ).description()
+  assert text.startswith(f"Data: numpy (file {tmp_path / 'x.npy'}): 900 train / 100 test "
+                         f"images of 4x4x1; test split: 100 of the 1,000 held out")
+  np.save(tmp_path / "v.npy", _random_images(10, (6, 4, 4, 1)))
+  text = ip.get_data_source(_config(name="numpy_videos", path=os.fspath(tmp_path / "v.npy"),
+                                    clip_length=3)).description()
+  assert "(10 videos of 6 frames in" in text and "18 train / 2 test clips of 3x4x4x1" in text
+  assert "test split: 1 of the 10 videos held out at random" in text
+
+
 # --- Sharding, determinism, resume -------------------------------------------------
 
 
@@ -377,10 +434,14 @@ def test_eval_stream_in_order_with_partial_batch(sources, kind):
   np.testing.assert_array_equal(np.concatenate(skipped), np.concatenate(batches[1:]))
 
 
-def test_synthetic_shapes_source_real_data(sources):
+def test_synthetic_shapes_source_real_data(sources, small_shapes_dir):
   source = sources["tfds"]
   assert source.image_shape == (32, 32, 3)
   assert source.num_examples == {"train": 200, "test": 200}
+  assert source.description() == (
+      f"Data: synthetic_shapes (built in, generated locally, stored in "
+      f"{os.path.join(small_shapes_dir, 'synthetic_shapes', '1.0.0')}): 200 train / 200 "
+      f"test images of 32x32x3.")
   train, test = source.load_split("train"), source.load_split("test")
   assert train.dtype == np.uint8 and train.shape == (200, 32, 32, 3)
   assert not set(_keys(train)) & set(_keys(test))
@@ -453,4 +514,9 @@ def test_plain_dict_config_and_prepare_cli(tmp_path, capsys):
   with pytest.raises(ValueError, match="read-only"):
     source.load_split("train")[0] = 0
   ip.main(["numpy", "--path", os.fspath(tmp_path / "x.npy")])
-  assert "numpy: images (4, 4, 1)" in capsys.readouterr().out
+  assert capsys.readouterr().out == source.description() + "\n"
+  with pytest.raises(SystemExit) as e:
+    ip.main(["numpy", "--path", os.fspath(tmp_path / "missing.npy")])
+  assert e.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith("ERROR: numpy: `dataset.path`=") and err.count("\n") == 1

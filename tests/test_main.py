@@ -18,6 +18,13 @@ def _read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+# Third-party start-up noise a user must not see (issue 13): TensorFlow's C++ lines, TFDS
+# deprecation and preparation banners, JAX's TPU probe.
+NOISE = ("oneDNN custom operations", "cpu_feature_guard", "absl::InitializeLog",
+         "FeatureConnector.dtype", "Downloading and preparing", "Generating splits",
+         "tf_record_dataset_op", "Unable to initialize backend", "Traceback")
+
+
 def _tensorboard_series(logdir):
   """What TensorBoard's dashboards show: scalar series and image tags, read through
   its own data provider (the scalars dashboard lists only scalar-plugin series)."""
@@ -37,12 +44,17 @@ def _tensorboard_series(logdir):
   return scalars, set(images.get(".", {}))
 
 
-def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir):
+def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir, monkeypatch):
   workdir = str(tmp_path / "run")
+  # The run gets the package's own defaults for TensorFlow's logging, not the test
+  # set-up's (conftest.py) or this process's.
+  monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+  monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
   result = cli_utils.run_cli(workdir, shapes_data_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "steps/s" in result.stdout and "eval step 12" in result.stdout
   assert "starting fresh at step 0" in result.stdout
+  assert "Data: synthetic_shapes (built in" in result.stdout
   # The first progress line already has a rate and an ETA.
   first_progress = next(l for l in result.stdout.splitlines() if l.startswith("step "))
   assert "steps/s" in first_progress and "ETA" in first_progress, first_progress
@@ -50,6 +62,8 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir):
   eval_line = next(l for l in result.stdout.splitlines() if l.startswith("eval step 6"))
   assert "bits/dim (8-bit data, discretized)" in eval_line, eval_line
   assert "density -ELBO" in eval_line, eval_line
+  for noise in NOISE:
+    assert noise not in result.stdout + result.stderr, (noise, result.stderr[-3000:])
 
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
   rows = _read_metrics(workdir)

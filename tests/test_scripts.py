@@ -111,6 +111,24 @@ def test_beta_grid_in_the_papers_units():
     sweeps.betas_from_flags(parse("--betas=0.1", "--betas_paper=0.2"))
 
 
+@pytest.mark.parametrize("name", ["beta_sweep", "compare_decoders", "rate_analysis",
+                                  "sigma_convergence", "sigma_sharing"])
+def test_script_help_and_a_misspelt_config_field(name, capsys):
+  script = _load_script(name)
+  with pytest.raises(SystemExit) as e:
+    script.main([f"{name}.py", "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith(script.__doc__.strip().splitlines()[0]), out[:300]
+  assert "--output_dir: " in out and "--config: " in out
+  with pytest.raises(SystemExit) as e:
+    script.main([f"{name}.py", "--output_dir=x", "--config.model.latentdim=4"])
+  assert e.value.code == 2
+  assert capsys.readouterr().err == (
+      "ERROR: --config.model.latentdim: the config has no field 'model.latentdim'; did "
+      "you mean --config.model.latent_dim? (see --help)\n")
+
+
 def test_rate_analysis_reuses_the_beta_sweep_runs(dirs, tmp_path, capsys):
   rate_analysis = _load_script("rate_analysis")
   kwargs = _kwargs(dirs, tmp_path, betas=[0.01], fid_kind="none")

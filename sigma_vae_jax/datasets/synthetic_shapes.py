@@ -151,6 +151,25 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
         homepage="https://github.com/",  # Generated locally; no homepage.
     )
 
+  def download_and_prepare(self, *args, **kwargs):
+    """TFDS's, quietly: one line of ours instead of its 'Downloading and preparing'
+    banner (nothing is downloaded) and progress bars (a few seconds)."""
+    from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+    shown = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+      return super().download_and_prepare(*args, **kwargs)
+    finally:
+      tfds.display_progress_bar(shown)
+
+  def _log_download_bytes(self) -> None:  # TFDS's banner, printed before preparing.
+    total = sum(NUM_EXAMPLES.values())
+    print(f"Generating the built-in synthetic_shapes dataset ({total:,} images, a few "
+          f"seconds, once; no download) into {self.data_dir}", flush=True)
+
+  def _log_download_done(self) -> None:  # TFDS's 'downloaded and prepared' line.
+    pass
+
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     return {split: self._generate_examples(split) for split in NUM_EXAMPLES}
