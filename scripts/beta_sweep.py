@@ -30,14 +30,15 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
         betas: Sequence[float] = DEFAULT_BETAS,
         sigma_decoders: Sequence[str] = ("optimal_sigma",), fid_kind: str = "random",
         fid_weights_path: Optional[str] = None, num_fid_samples: int = 1000,
-        num_eval_examples: Optional[int] = None, iwae_samples: int = 0) -> list[dict]:
+        num_eval_examples: Optional[int] = None, iwae_samples: int = 0,
+        checkpoint: str = "latest") -> list[dict]:
   """Trains/reuses the runs, writes the outputs, returns the per-run rows."""
   os.makedirs(output_dir, exist_ok=True)
   config = sweeps.prepare_config(config)
   variants = sweeps.beta_grid_variants(betas, sigma_decoders)
   settings = sweeps.EvalSettings(
       fid_kind=fid_kind, fid_weights_path=fid_weights_path,
-      num_fid_samples=num_fid_samples, iwae_samples=iwae_samples,
+      num_fid_samples=num_fid_samples, iwae_samples=iwae_samples, checkpoint=checkpoint,
       num_eval_examples=num_eval_examples)
   rows = sweeps.run_sweep(config, variants, workdir_root, seeds, settings)
 

@@ -41,7 +41,8 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
         decoder_names: Sequence[str] = DEFAULT_DECODERS, beta: float = 0.01,
         fid_kind: str = "random", fid_weights_path: Optional[str] = None,
         num_fid_samples: int = 1000, num_eval_examples: Optional[int] = None,
-        iwae_samples: int = 0) -> list[dict]:
+        iwae_samples: int = 0,
+        checkpoint: str = "latest") -> list[dict]:
   unknown = [n for n in decoder_names if n not in likelihoods.LIKELIHOODS]
   if unknown:
     raise ValueError(f"unknown decoders {unknown}; choose from {sorted(likelihoods.LIKELIHOODS)}")
@@ -50,7 +51,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
   variants = [decoder_variant(config, n, beta) for n in decoder_names]
   settings = sweeps.EvalSettings(
       fid_kind=fid_kind, fid_weights_path=fid_weights_path,
-      num_fid_samples=num_fid_samples, iwae_samples=iwae_samples,
+      num_fid_samples=num_fid_samples, iwae_samples=iwae_samples, checkpoint=checkpoint,
       num_eval_examples=num_eval_examples)
   rows = sweeps.run_sweep(config, variants, workdir_root, seeds, settings)
   columns = ["decoder", "nelbo", "nelbo_calibrated", "bpd", "nelbo_discrete",

@@ -44,8 +44,9 @@ def final_eval(workdir: str) -> dict:
 def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
         beta: float = 0.01, fid_kind: str = "none", fid_weights_path: Optional[str] = None,
         num_fid_samples: int = 1000, num_eval_examples: Optional[int] = None,
-        iwae_samples: int = 0) -> list[dict]:
+        iwae_samples: int = 0, checkpoint: str = "latest") -> list[dict]:
   del fid_kind, fid_weights_path, num_fid_samples, num_eval_examples, iwae_samples
+  del checkpoint  # reads the training metrics only
   os.makedirs(output_dir, exist_ok=True)
   config = sweeps.prepare_config(config)
   variants = [

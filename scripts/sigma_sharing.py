@@ -54,7 +54,8 @@ def num_variance_parameters(config, overrides, image_shape) -> int:
 def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
         variant_names: Sequence[str] = tuple(VARIANTS), fid_kind: str = "random",
         fid_weights_path: Optional[str] = None, num_fid_samples: int = 1000,
-        num_eval_examples: Optional[int] = None, iwae_samples: int = 0) -> list[dict]:
+        num_eval_examples: Optional[int] = None, iwae_samples: int = 0,
+        checkpoint: str = "latest") -> list[dict]:
   unknown = [n for n in variant_names if n not in VARIANTS]
   if unknown:
     raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -74,7 +75,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
                                                            image_shape)}))
   settings = sweeps.EvalSettings(
       rate=True, fid_kind=fid_kind, fid_weights_path=fid_weights_path,
-      num_fid_samples=num_fid_samples, iwae_samples=iwae_samples,
+      num_fid_samples=num_fid_samples, iwae_samples=iwae_samples, checkpoint=checkpoint,
       num_eval_examples=num_eval_examples)
   rows = sweeps.run_sweep(config, variants, workdir_root, seeds, settings)
   columns = ["variant", "sigma_kind", "sigma_axes", "num_variance_parameters",

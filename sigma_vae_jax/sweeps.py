@@ -198,16 +198,21 @@ class EvalSettings:
   num_eval_examples: Optional[int] = None
   batch_size: int = 128
   seed: int = 0
+  # "latest" or "best" (the run's checkpoint with the best eval ELBO; evaluate.load_run).
+  checkpoint: str = "latest"
 
 
 def evaluate_run(workdir: str, settings: EvalSettings) -> dict[str, float]:
   """Loads a finished run and evaluates it (cached in the workdir per settings)."""
   import jax  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax import evaluate  # pylint: disable=g-import-not-at-top
-  key = json.dumps(dataclasses.asdict(settings), sort_keys=True)
+  fields = dataclasses.asdict(settings)
+  if fields["checkpoint"] == "latest":
+    del fields["checkpoint"]  # the key of evaluations cached before the field existed
+  key = json.dumps(fields, sort_keys=True)
 
   def compute():
-    config, trainer, state = evaluate.load_run(workdir)
+    config, trainer, state = evaluate.load_run(workdir, checkpoint=settings.checkpoint)
     images = evaluate.load_test_images(config, settings.num_eval_examples)
     rng = jax.random.PRNGKey(settings.seed)
     out: dict[str, float] = {"step": float(jax.device_get(state.step))}
@@ -476,6 +481,9 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str], *,
                        "(default: all).", flag_values=fv)
   flags.DEFINE_integer("iwae_samples", 0, "K of the importance-weighted bound "
                        "(0: not computed).", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Evaluate each run's "
+                    "latest checkpoint or the one with its best eval ELBO "
+                    "(WORKDIR/checkpoints_best/).", flag_values=fv)
 
 
 def parse_flags(argv: Sequence[str], define_extra: Callable[[flags.FlagValues], None],
@@ -533,7 +541,8 @@ def common_kwargs(fv: flags.FlagValues) -> dict:
       workdir_root=fv.workdir_root or os.path.join(fv.output_dir, "runs"),
       seeds=[int(s) for s in fv.seeds], fid_kind=fv.fid_kind,
       fid_weights_path=fv.fid_weights_path, num_fid_samples=fv.num_fid_samples,
-      num_eval_examples=fv.num_eval_examples, iwae_samples=fv.iwae_samples)
+      num_eval_examples=fv.num_eval_examples, iwae_samples=fv.iwae_samples,
+      checkpoint=fv.checkpoint)
 
 
 def prepare_config(config) -> ml_collections.ConfigDict:
