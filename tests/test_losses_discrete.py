@@ -5,7 +5,9 @@ log-CDFs / log-survival functions differenced in float64 (choosing the tail
 by the side of the mean), the midpoint rule pdf * width for bins far
 narrower than the scale, scipy.special.log_softmax / logsumexp, and
 np.unpackbits for the bit decomposition. Where mpmath is installed, the
-float64 references themselves are checked against 50-digit arithmetic.
+float64 references themselves are checked against 50-digit arithmetic, and
+the discretized Student-t also directly against mpmath's incomplete beta
+function where scipy's float64 tails give out.
 """
 
 import math
@@ -27,6 +29,8 @@ _mixture = jax.jit(losses.discretized_logistic_mixture_nll,
                    static_argnames="num_bins")
 _categorical = jax.jit(losses.categorical_nll)
 _bitwise = jax.jit(losses.bitwise_categorical_nll)
+_dstudent = jax.jit(losses.discretized_student_t_nll,
+                    static_argnames="num_bins")
 
 LEVELS = np.arange(256)
 
@@ -70,9 +74,11 @@ def _log1mexp64(d):
                     np.log1p(-np.exp(-d)))
 
 
-def _ref_discretized_logprob(dist, k, mean, log_scale, num_bins=256):
+def _ref_discretized_logprob(dist, k, mean, log_scale, num_bins=256,
+                             narrow_width=1e-7):
   """log P(level k) for scipy.stats `dist` (loc=mean, scale=exp(log_scale)),
-  bins of width 1/(n-1) centred on k/(n-1), outer bins open; float64."""
+  bins of width 1/(n-1) centred on k/(n-1), outer bins open; float64. Bins
+  narrower than `narrow_width` scales use the midpoint rule."""
   k, mean, log_scale = np.broadcast_arrays(
       np.asarray(k, np.float64), np.asarray(mean, np.float64),
       np.asarray(log_scale, np.float64))
@@ -91,7 +97,7 @@ def _ref_discretized_logprob(dist, k, mean, log_scale, num_bins=256):
                      lsf_a + _log1mexp64(lsf_a - lsf_b))
   # Bins far narrower than the scale: midpoint rule, relative error
   # ~ width^2 (1 + m^2) / 24 (negligible below 1e-7).
-  narrow = width < 1e-7
+  narrow = width < narrow_width
   inner = np.where(narrow, dist.logpdf(m) + np.log(width), inner)
   return np.where(k <= 0, lcdf_b, np.where(k >= n1, lsf_a, inner))
 
@@ -288,6 +294,249 @@ def test_discretized_gaussian_gradient_matches_finite_difference():
     fd = (_ref_gauss(k, 0.45 + h, ls).sum() -
           _ref_gauss(k, 0.45 - h, ls).sum()) / (2 * h)
     np.testing.assert_allclose(float(g), fd, rtol=2e-4)
+
+
+# ---------------------------------------------------------------------------
+# Discretized Student-t.
+# ---------------------------------------------------------------------------
+
+STUDENT_DFS = [1.0, 3.0, 30.0]
+
+
+def _student_t_tol_ok(got, ref):
+  """float32 vs float64, as measured for df <= 30: 2e-4 nats absolute (the
+  float32 betainc error in the open edge bins and bins wider than one scale)
+  or 1e-6 relative for very large values (measured max 1e-4 and 1.4e-7)."""
+  got = np.asarray(got, np.float64)
+  return np.abs(got - ref) <= 2e-4 + 1e-6 * np.abs(ref)
+
+
+def _ref_student_t(k, mean, log_scale, df, num_bins=256):
+  """float64 scipy.stats.t reference. Bins narrower than 1e-4 scales use the
+  midpoint rule (relative error < width^2 (df + 3) / 96 < 1e-8 for df <= 30),
+  where scipy's t CDF differences are less accurate (~1e-6 for df = 1).
+  Checked against mpmath below for df <= 30 only: for larger df scipy's
+  far tails lose digits (1.5 nats at df = 100, 1e4 scales out)."""
+  return -_ref_discretized_logprob(scipy.stats.t(df), k, mean, log_scale,
+                                   num_bins, narrow_width=1e-4)
+
+
+def _mp_student_t_nll(mpmath, k, mean, log_scale, df, num_bins=256):
+  """-log P(level k) from mpmath's regularized incomplete beta function at
+  60 digits: P = I_{x_hi}^{x_lo}(df/2, 1/2) / 2 integrated between the two
+  edges directly (no difference of CDFs), x = df / (df + t^2)."""
+  mpmath.mp.dps = 60
+  n1 = num_bins - 1
+  df = mpmath.mpf(float(df))
+  half_df = df / 2
+  s = mpmath.exp(mpmath.mpf(float(log_scale))) * n1
+  centre = mpmath.mpf(int(k)) - n1 * mpmath.mpf(float(mean))
+  a = (centre - mpmath.mpf("0.5")) / s
+  b = (centre + mpmath.mpf("0.5")) / s
+
+  def x_of(t):
+    return df / (df + t * t)
+
+  def sf(t):  # P(T > t)
+    if t < 0:
+      return 1 - sf(-t)
+    return mpmath.betainc(half_df, 0.5, 0, x_of(t), regularized=True) / 2
+
+  if k == 0:
+    p = sf(-b)
+  elif k == n1:
+    p = sf(a)
+  elif a >= 0:
+    p = mpmath.betainc(half_df, 0.5, x_of(b), x_of(a), regularized=True) / 2
+  elif b <= 0:
+    p = mpmath.betainc(half_df, 0.5, x_of(a), x_of(b), regularized=True) / 2
+  else:
+    p = 1 - sf(-a) - sf(b)
+  return float(-mpmath.log(p))
+
+
+def test_student_t_reference_agrees_with_mpmath():
+  mpmath = pytest.importorskip("mpmath")
+  cases = [  # (k, mean, log_scale, df)
+      (0, 0.5, -3.0, 1.0), (255, 0.5, -3.0, 3.0), (128, 0.5, -3.0, 30.0),
+      (77, 0.3, -20.0, 1.0), (200, -100.0, -2.0, 3.0), (10, 0.9, -6.5, 30.0),
+      (3, 0.2, 8.0, 1.0), (250, 0.1, -4.9, 30.0), (100, 0.4, -1.0, 3.0),
+      (128, 0.5019608, -12.0, 30.0), (40, -100.0, -30.0, 1.0),
+      (78, -100.0, -16.0, 30.0), (0, 1.0, -5.0, 3.0)]
+  for k, mean, ls, df in cases:
+    mean, ls = float(np.float32(mean)), float(np.float32(ls))
+    expected = _mp_student_t_nll(mpmath, k, mean, ls, df)
+    got = float(_ref_student_t(k, mean, ls, df))
+    assert abs(got - expected) <= 1e-9 * max(1.0, abs(expected)), (
+        k, mean, ls, df, got, expected)
+
+
+@pytest.mark.parametrize("n", [2, 5, 12])
+def test_student_t_quadrature_rule_is_gauss_legendre(n):
+  nodes, weights = losses._gauss_legendre(n)  # pylint: disable=protected-access
+  order = np.argsort(nodes)
+  ref_nodes, ref_weights = np.polynomial.legendre.leggauss(n)
+  np.testing.assert_allclose(nodes[order], ref_nodes, rtol=0, atol=1e-14)
+  np.testing.assert_allclose(weights[order], ref_weights, rtol=1e-13)
+
+
+@pytest.mark.parametrize("df", STUDENT_DFS)
+def test_discretized_student_t_grid_float32(df):
+  # Every level (the open edge bins 0 and 255 included) against a grid of
+  # locations far outside [0, 1], tiny scales (bins thousands of scales wide,
+  # far-tail bins), typical ones, and huge ones (bins a tiny fraction of a
+  # scale).
+  means = np.float32([-100.0, -1.0, 0.0, 0.3, 0.5019608, 0.77, 1.0, 2.0, 1e3])
+  log_scales = np.float32([-30.0, -16.0, -9.0, -6.0, -5.0, -4.2, -3.0, -1.0,
+                           0.0, 4.0, 12.0, 40.0, 80.0])
+  mm, ll = np.meshgrid(means, log_scales, indexing="ij")
+  params_m, params_l = mm.reshape(-1), ll.reshape(-1)     # [P]
+  x = np.broadcast_to(GRID[:, None], (256, params_m.size))
+  got = _dstudent(x, params_m, params_l, np.float32(df))
+  assert got.shape == x.shape and got.dtype == jnp.float32
+  got = np.asarray(got, np.float64)
+  assert np.all(np.isfinite(got)) and np.all(got >= 0.0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    refv = _ref_student_t(LEVELS[:, None], params_m[None], params_l[None], df)
+  # scipy's float64 tail underflows beyond ~1e-300 (df = 30, tiny scales);
+  # those bins are checked against mpmath below.
+  known = np.isfinite(refv)
+  assert known.mean() > 0.9
+  ok = _student_t_tol_ok(got[known], refv[known])
+  assert ok.all(), (np.abs(got - refv)[known][~ok].max(), refv[known][~ok][0])
+  moderate = known & (refv < 1000)
+  assert np.max(np.abs(got - refv)[moderate]) < 2e-4
+
+
+def test_discretized_student_t_far_tails_float32_vs_mpmath():
+  # Bins where float64 scipy underflows or loses digits (df = 100), or that
+  # are narrow relative to their distance from the location (the two tail
+  # probabilities agree to ~5 digits): exact tail formulas, ~1e-7 relative.
+  mpmath = pytest.importorskip("mpmath")
+  cases = [  # (k, mean, log_scale, df)
+      (0, 0.5, -30.0, 30.0), (255, 0.0, -40.0, 30.0), (128, 0.0, -30.0, 30.0),
+      (128, -100.0, -9.0, 30.0), (200, 1e3, -20.0, 3.0), (80, 0.3, -40.0, 1.0),
+      (250, 0.3, -80.0, 3.0), (126, -1.0, -9.0, 100.0),
+      (100, -100.0, -5.0, 30.0), (3, 1e3, -4.0, 3.0), (200, -100.0, -5.0, 1.0),
+      (5, 0.9, -12.0, 100.0)]
+  k, mean, ls, df = (np.array(c) for c in zip(*cases))
+  got = np.asarray(_dstudent((k / 255.0).astype(np.float32), np.float32(mean),
+                             np.float32(ls), np.float32(df)), np.float64)
+  expected = np.array([
+      _mp_student_t_nll(mpmath, kk, np.float32(m), np.float32(l), d)
+      for kk, m, l, d in cases])
+  assert np.all(expected > 20)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("df", STUDENT_DFS)
+def test_discretized_student_t_random_inputs_float64(df):
+  # In float64 only the formulas' own error remains (series truncation, the
+  # quadrature, betainc): measured ~1e-10 relative against scipy.
+  rng = np.random.default_rng(24)
+  n = 2000
+  k = rng.integers(0, 256, n)
+  k[:200], k[200:400] = 0, 255
+  mean = rng.uniform(-0.5, 1.5, n)
+  log_scale = rng.uniform(-12.0, 8.0, n)
+  with _enable_x64():
+    got = _dstudent(jnp.asarray(k / 255.0, jnp.float64), jnp.asarray(mean),
+                    jnp.asarray(log_scale), jnp.float64(df))
+    assert got.dtype == jnp.float64
+    got = np.asarray(got)
+  refv = _ref_student_t(k, mean, log_scale, df)
+  np.testing.assert_allclose(got, refv, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("num_bins", [256, 32])
+def test_discretized_student_t_sums_to_one(num_bins):
+  n1 = num_bins - 1
+  grid = (np.arange(num_bins) / n1).astype(np.float32)
+  means = np.float32([0.5, 0.0, 1.0, -3.0, 4.0, 0.3, 0.5, 0.5, 0.123])
+  log_scales = np.float32([-2.0, -5.0, -5.0, 0.0, 1.0, -12.0, -30.0, 25.0,
+                           -4.0])
+  x = np.broadcast_to(grid[:, None], (num_bins, means.size))
+  for df in STUDENT_DFS:
+    nll = np.asarray(_dstudent(x, means, log_scales, np.float32(df),
+                               num_bins=num_bins), np.float64)
+    total = scipy.special.logsumexp(-nll, axis=0)
+    np.testing.assert_allclose(total, 0.0, atol=2e-6)  # measured 5e-7
+    with np.errstate(divide="ignore", invalid="ignore"):
+      refv = _ref_student_t(np.arange(num_bins)[:, None], means, log_scales,
+                            df, num_bins)
+    known = np.isfinite(refv)  # scipy underflows at df = 30, log_scale = -30
+    assert _student_t_tol_ok(nll[known], refv[known]).all(), (num_bins, df)
+
+
+def test_discretized_student_t_large_df_approaches_discretized_gaussian():
+  # t_df -> N(0, 1) with log pdf_t - log pdf_N = (t^4 - 2 t^2 - 1) / (4 df)
+  # + O(1 / df^2): the gap to the discretized Gaussian shrinks as 1 / df.
+  # float64, as float32 betainc loses digits for large df (see docstring).
+  x = np.arange(256) / 255.0
+  with _enable_x64():
+    gauss = np.asarray(_dgauss(jnp.asarray(x), 0.5, -2.0))
+    gaps = []
+    for df in (1e3, 1e4, 1e5, 1e6):
+      nll = np.asarray(_dstudent(jnp.asarray(x), 0.5, -2.0, df))
+      gaps.append(np.max(np.abs(nll - gauss)) * df)
+  np.testing.assert_allclose(gaps, gaps[0], rtol=0.03)
+  assert 10 < gaps[0] < 100  # |t| <= 3.7 scales here: gap ~ 52 / df nats
+
+
+def test_discretized_student_t_broadcasting_and_rounding():
+  rng = np.random.default_rng(25)
+  k = rng.integers(0, 256, (2, 3, 3, 3))
+  x = (k / 255.0).astype(np.float32)
+  mean = rng.uniform(0, 1, (2, 3, 3, 3)).astype(np.float32)
+  per_channel = np.float32([-3.0, -4.0, -5.0])
+  df = np.float32([1.0, 3.0, 30.0])  # per channel too
+  got = _dstudent(x, mean, per_channel, df)
+  assert got.shape == x.shape
+  assert _student_t_tol_ok(got, _ref_student_t(k, mean, per_channel, df)).all()
+  got = _dstudent(x, np.float32(0.4), np.float32(-3.5), np.float32(3.0))
+  assert got.shape == x.shape
+  assert _student_t_tol_ok(got, _ref_student_t(k, 0.4, -3.5, 3.0)).all()
+  # Off-grid values round to the nearest level.
+  x = np.float32([0.1 / 255, 0.49 / 255, 1.4 / 255, 254.6 / 255, 1.0 - 1e-7,
+                  -0.001, 1.002])
+  k = np.array([0, 0, 1, 255, 255, 0, 255])
+  assert _student_t_tol_ok(_dstudent(x, np.float32(0.5), np.float32(-2.0),
+                                     np.float32(3.0)),
+                           _ref_student_t(k, 0.5, -2.0, 3.0)).all()
+  with pytest.raises(AssertionError, match="df"):
+    losses.discretized_student_t_nll(x, 0.5, -2.0, np.ones(3))
+
+
+def test_discretized_student_t_gradients():
+  # Finite everywhere (open bins, tiny/huge scales, far means), also under
+  # vmap, and equal to float64 central differences of the reference.
+  x = jnp.float32([0.0, 1.0, 0.0, 1.0, 0.5, 0.3, 0.0, 1.0, 0.5, 0.5, 0.2])
+  mean = jnp.float32([0.0, 1.0, 1.0, 0.0, 0.5, -2.0, 0.3, 0.7, 0.5, 0.5, 1e3])
+  ls = jnp.float32([-6.0, -6.0, -3.0, 2.0, -20.0, 30.0, -3.7, -4.3, -80.0,
+                    80.0, -30.0])
+  grad_fn = jax.jit(jax.vmap(jax.grad(losses.discretized_student_t_nll,
+                                      argnums=(1, 2)), (0, 0, 0, None)))
+  for df in STUDENT_DFS:
+    for g in grad_fn(x, mean, ls, jnp.float32(df)):
+      assert np.all(np.isfinite(np.asarray(g)))
+  mapped = jax.jit(jax.vmap(losses.discretized_student_t_nll, (0, 0, 0, None)))
+  np.testing.assert_allclose(mapped(x, mean, ls, jnp.float32(3.0)),
+                             _dstudent(x, mean, ls, jnp.float32(3.0)), rtol=1e-6)
+  k = np.array([0, 3, 60, 128, 200, 250, 255])
+  xk = (k / 255.0).astype(np.float32)
+  grad_fn = jax.jit(jax.grad(lambda m, l, d: _dstudent(xk, m, l, d).sum(),
+                             argnums=(0, 1)))
+  h = 1e-6
+  for df in STUDENT_DFS:
+    for ls0 in (-5.0, -1.0, 1.0):
+      g_mean, g_ls = grad_fn(jnp.float32(0.45), jnp.float32(ls0),
+                             jnp.float32(df))
+      fd_mean = (_ref_student_t(k, 0.45 + h, ls0, df).sum() -
+                 _ref_student_t(k, 0.45 - h, ls0, df).sum()) / (2 * h)
+      fd_ls = (_ref_student_t(k, 0.45, ls0 + h, df).sum() -
+               _ref_student_t(k, 0.45, ls0 - h, df).sum()) / (2 * h)
+      np.testing.assert_allclose(float(g_mean), fd_mean, rtol=2e-4, atol=1e-3)
+      np.testing.assert_allclose(float(g_ls), fd_ls, rtol=2e-4, atol=1e-3)
 
 
 # ---------------------------------------------------------------------------

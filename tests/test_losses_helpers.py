@@ -86,6 +86,8 @@ LIKELIHOODS = {
         lambda x: losses.discretized_logistic_nll(x, 0.5, -2.0),
     "discretized_gaussian_nll":
         lambda x: losses.discretized_gaussian_nll(x, 0.5, -2.0),
+    "discretized_student_t_nll":
+        lambda x: losses.discretized_student_t_nll(x, 0.5, -2.0, 3.0),
     "discretized_logistic_mixture_nll":
         lambda x: losses.discretized_logistic_mixture_nll(
             x, jnp.zeros(2), jnp.zeros((3, 2)), jnp.zeros((3, 2))),
