@@ -65,9 +65,9 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
            "image / bits per dim). Continuous densities on [0,1] (Gaussian, Student-t) "
            "and discrete probabilities are not comparable; compare bpd_discrete: the "
            "ELBO on the 8-bit data, i.e. the decoder's own ELBO for the discrete "
-           "decoders and the discretized-Gaussian ELBO for the Gaussian decoders "
-           "(Table 4). '-' where not defined (Bernoulli is not a density on [0,1]; "
-           "Student-t has no discretized variant here).",
+           "decoders and the same decoder discretized over the 256 levels for the "
+           "Gaussian and Student-t decoders (Table 4). '-' where not defined "
+           "(Bernoulli is not a distribution over the 8-bit values).",
            sweeps.CALIBRATED_NOTE,
            "log_sigma: mean log of the decoder's scale at evaluation (the logistic's "
            "scale s for discretized_logistic, whose std is s pi / sqrt(3)).",

@@ -186,7 +186,8 @@ def evaluate_elbo(trainer, state, images: np.ndarray, batch_size: int = 128
 
   Returns nelbo, rec, kl (nats per example), bpd, plus log_sigma (mean log sigma)
   for decoders with a scale, and nelbo_discrete / bpd_discrete for the continuous
-  Gaussian decoders (discretized Gaussian probability of the 8-bit data, Table 4).
+  Gaussian and Student-t decoders (the decoder discretized over the 256 levels of the
+  8-bit data, Table 4).
   For discrete decoders (`decoder.is_discrete`) nelbo is already the discrete one.
   """
   batch_size = _batch_size_for(trainer, batch_size)
@@ -437,7 +438,8 @@ def evaluate_elbo_per_frame(trainer, state, clips: np.ndarray, batch_size: int =
 
   Returns {"frame": int [T_pred] (0-based index of each target frame in the clip),
   "nelbo", "rec", "kl": float64 [T_pred] nats per clip, "nelbo_discrete" [T_pred]
-  (continuous Gaussian decoders: the discretized likelihood of the 8-bit frames),
+  (continuous Gaussian and Student-t decoders: the discretized likelihood of the
+  8-bit frames),
   "nelbo_clip": sum of nelbo (nats per clip), "num_context_frames", "num_examples"}.
   Raises ValueError for image models.
   """
