@@ -65,31 +65,12 @@ def reference(tmp_path_factory, shapes_data_dir):
   return workdir, state, _last_eval(workdir)
 
 
-def test_sigkill_then_restart_ends_bit_identical(tmp_path, shapes_data_dir, reference):
-  _, reference_state, reference_eval = reference
-  workdir = str(tmp_path / "killed")
-  process = cli_utils.start_cli(workdir, shapes_data_dir, **RUN)
-  cli_utils.wait_for_checkpoint(workdir, 4, process)
-  code, _ = cli_utils.stop(process, signal.SIGKILL)
-  assert code == -signal.SIGKILL  # really killed mid-run, not finished
-  assert "40" not in os.listdir(os.path.join(workdir, "checkpoints"))
-
-  result = cli_utils.run_cli(workdir, shapes_data_dir, **RUN)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "Resuming from step" in result.stdout
-  state, step = _final_state(workdir, shapes_data_dir)
-  assert step == 40
-  _assert_identical(state, reference_state)  # params, Adam moments, sigma average, rng
-  assert _last_eval(workdir) == reference_eval
-  # Rows the killed run wrote past its checkpoint were dropped: the same rows, in
-  # order, as the uninterrupted run (wall-clock rates aside).
-  assert _rows(workdir) == _rows(reference[0])
-
-
-def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, shapes_data_dir,
-                                                                reference):
-  _, reference_state, reference_eval = reference
-  workdir = str(tmp_path / "preempted")
+def test_sigterm_then_sigkill_then_restart_ends_bit_identical(tmp_path, shapes_data_dir,
+                                                              reference):
+  """One run stopped twice: SIGTERM (checkpoint the current step, exit 0), then a
+  restart killed with SIGKILL (no chance to save), then a restart to the end."""
+  reference_dir, reference_state, reference_eval = reference
+  workdir = str(tmp_path / "stopped")
   process = cli_utils.start_cli(workdir, shapes_data_dir, **RUN)
   cli_utils.wait_for_checkpoint(workdir, 4, process)
   code, out = cli_utils.stop(process, signal.SIGTERM)
@@ -99,16 +80,29 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path, shapes
   assert 4 <= stopped < 40
   assert str(stopped) in os.listdir(os.path.join(workdir, "checkpoints"))
 
+  process = cli_utils.start_cli(workdir, shapes_data_dir, **RUN)
+  next_checkpoint = (stopped // 4 + 1) * 4
+  cli_utils.wait_for_checkpoint(workdir, next_checkpoint, process)
+  code, out = cli_utils.stop(process, signal.SIGKILL)
+  assert f"Resuming from step {stopped}" in out
+  if next_checkpoint < 40:
+    assert code == -signal.SIGKILL  # really killed mid-run, not finished
+    assert "40" not in os.listdir(os.path.join(workdir, "checkpoints"))
+
   result = cli_utils.run_cli(workdir, shapes_data_dir, **RUN)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"Resuming from step {stopped}" in result.stdout
-  state, _ = _final_state(workdir, shapes_data_dir)
-  _assert_identical(state, reference_state)
+  assert "Resuming from step" in result.stdout
+  state, step = _final_state(workdir, shapes_data_dir)
+  assert step == 40
+  _assert_identical(state, reference_state)  # params, Adam moments, sigma average, rng
   assert _last_eval(workdir) == reference_eval
+  # Rows the killed runs wrote past their checkpoints were dropped: the same rows,
+  # in order, as the uninterrupted run (wall-clock rates aside).
+  assert _rows(workdir) == _rows(reference_dir)
 
 
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, shapes_data_dir,
-                                                                    reference):
+                                                                    reference, capsys):
   reference_dir, reference_state, _ = reference
   workdir = str(tmp_path / "corrupt")
   shutil.copytree(reference_dir, workdir)
@@ -119,10 +113,11 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, sh
       if "metadata" not in name:
         with open(os.path.join(root, name), "r+b") as f:
           f.truncate(3)
-  result = cli_utils.run_cli(workdir, shapes_data_dir, **RUN)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "checkpoint at step 40 is unreadable" in result.stdout
-  assert "Restored the checkpoint at step 36" in result.stdout
+  # In-process (the CLI's resume path is the one above): the same train_and_evaluate.
+  train.train_and_evaluate(cli_utils.tiny_config(shapes_data_dir, **RUN), workdir)
+  out = capsys.readouterr().out
+  assert "checkpoint at step 40 is unreadable" in out
+  assert "Restored the checkpoint at step 36" in out
   assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))  # kept, not deleted
   state, step = _final_state(workdir, shapes_data_dir)
   assert step == 40
