@@ -2,14 +2,27 @@ r"""Training/eval throughput of the configured VAE on synthetic batches (no data
 
   python scripts/benchmark.py --config=configs/default.py \
       --image_shape=28,28,3 --config.batch_size=128 [--measure_matmul_peak]
+  python scripts/benchmark.py --config=configs/cifar10_hvae.py --measure_matmul_peak
+  python scripts/benchmark.py --config=configs/bair_svg.py --measure_matmul_peak
+
+Any model of `sigma_vae_jax.models` runs: image models on [B, H, W, C] batches,
+video models (`dataset.as_clips`, e.g. configs/bair_svg.py) on clips
+[B, T, H, W, C] (`--image_shape=T,H,W,C` overrides the config's clip shape).
 
 Builds the configured model and decoder (`trainer.Trainer`, all devices in one data
 mesh), compiles, warms up, then times `--steps` train steps and `--eval_steps` eval
 steps one by one with `block_until_ready` (medians, robust on a shared machine). It
 then runs a short training from the device-resident data path (`train_on_device` on
-a replicated uint8 dataset of `--num_images` synthetic images), i.e. steps/s
+a replicated uint8 dataset of `--num_images` synthetic examples), i.e. steps/s
 including batch gathering. Prints ONE JSON line on stdout, with at least
 images_per_sec, step_ms, eval_images_per_sec, compile_s, devices, backend, config.
+
+Units: `step_ms` is milliseconds per optimizer step (median), `compile_s` seconds to
+compile the train step, `*_per_sec` per second of wall time. An example is one
+image for image models and one clip for video models: `examples_per_sec` counts
+examples; `images_per_sec` counts images, i.e. clips x frames per clip (input
+frames, `frames_per_clip`) for video models, which also report `clips_per_sec`
+(likewise `eval_*` and `device_train_*`).
 
 Whole epochs on an accelerator (the issue's 10 epochs of SVHN: 73,257 images,
 batch 128, 572 steps per epoch, one compiled call per epoch):
@@ -18,15 +31,21 @@ batch 128, 572 steps per epoch, one compiled call per epoch):
       --num_images=73257 --device_train_steps=5720 --warmup=1 --steps=2 --eval_steps=2
   # -> device_train_seconds (after compilation), device_train_epochs
 
-FLOPs: for the conv VAE, `flops_per_step` is the analytic count of the model's useful
+FLOPs (floating-point operations per optimizer step, whole global batch): for the
+conv VAE, `flops_per_step` is the analytic count of the model's useful
 multiply-adds x 2 (forward, plus both backward passes, minus the unneeded input
 gradient of the first layer); it does not depend on how a layer is computed, so
 it is the number to compare formulations by. `xla_flops_per_step` is what XLA's
-cost analysis of the compiled single train step says (it counts the zeros of an
-lhs-dilated convolution, so it is larger for model.conv_impl=xla); for the other
-models `flops_per_step` is XLA's count.
+cost analysis (`Compiled.cost_analysis()["flops"]`) of the compiled single train
+step says (it counts the zeros of an lhs-dilated convolution, so it is larger for
+model.conv_impl=xla); the other models have no hand count and their
+`flops_per_step` is XLA's (`flops_source` says which). XLA counts a loop body
+once, whatever its trip count, so recurrent models (SVG-LP's `nn.scan` over
+time) are under-counted by up to the number of time steps in their recurrent
+part; the convolutions of SVG-LP's frame encoder and decoder run outside the scan
+(on all frames at once) and are counted in full.
 `--measure_matmul_peak` times a square fp32 `jnp.dot` and reports the step's
-achieved GFLOP/s (analytic count) as a fraction of it.
+achieved GFLOP/s (`flops_per_step` / step time) as a fraction of it.
 
 `--config.model.dtype=bfloat16` benchmarks bfloat16 compute (for GPU/TPU; XLA:CPU
 emulates it slowly). `--config.model.conv_impl=xla` benchmarks the conv VAE's
@@ -57,14 +76,16 @@ cli.define_config_file(
     "config", os.path.join(ROOT, "configs", "default.py"), "Path to a config file "
     "(configs/*.py); override fields with --config.KEY=VALUE.", sys.argv)
 flags.DEFINE_string("image_shape", None,
-                    "H,W,C of the synthetic images; default: from config.dataset "
-                    "(image_size, else the dataset's native shape).")
+                    "H,W,C of the synthetic images, or T,H,W,C of the clips of a video "
+                    "model; default: from config.dataset (image_size, else the "
+                    "dataset's native shape; with dataset.as_clips, clip_length frames).")
 flags.DEFINE_integer("steps", 20, "Timed train calls.")
 flags.DEFINE_integer("eval_steps", 20, "Timed eval calls.")
 flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.")
 flags.DEFINE_integer("device_train_steps", 20,
                      "Optimizer steps of the device-resident training run (0: skip).")
-flags.DEFINE_integer("num_images", 4096, "Size of the device-resident synthetic dataset.")
+flags.DEFINE_integer("num_images", 4096,
+                     "Examples (images, or clips) in the device-resident synthetic dataset.")
 flags.DEFINE_bool("measure_matmul_peak", False,
                   "Measure the fp32 matmul GFLOP/s and report the step's fraction of it.")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square matrices for the peak.")
@@ -78,22 +99,45 @@ NATIVE_SHAPES = {
 }
 
 
+# Datasets whose examples are clips [T, H, W, C] when dataset.as_clips is set.
+VIDEO_DATASETS = ("bair",)
+
+
 def resolve_image_shape(config, flag_value):
+  """One example's shape: (H, W, C) for images, (T, H, W, C) for clips."""
   if flag_value:
     try:
       shape = tuple(int(v) for v in flag_value.split(","))
     except ValueError:
-      cli.usage_error(f"--image_shape must be H,W,C; got {flag_value!r}")
-    if len(shape) != 3:
-      cli.usage_error(f"--image_shape must be H,W,C; got {flag_value!r}")
+      cli.usage_error(f"--image_shape must be H,W,C or T,H,W,C; got {flag_value!r}")
+    if len(shape) not in (3, 4):
+      cli.usage_error(f"--image_shape must be H,W,C or T,H,W,C; got {flag_value!r}")
     return shape
   name = config.dataset.name
   if name not in NATIVE_SHAPES:
-    cli.usage_error(f"dataset {name!r} has no known shape: pass --image_shape=H,W,C")
+    cli.usage_error(f"dataset {name!r} has no known shape: pass --image_shape=H,W,C "
+                    f"(or T,H,W,C for clips)")
   h, w, c = NATIVE_SHAPES[name]
   if config.dataset.image_size is not None:
     h, w = (int(v) for v in config.dataset.image_size)
+  if config.dataset.get("as_clips") and name in VIDEO_DATASETS:
+    if config.dataset.clip_length is None:
+      cli.usage_error("dataset.as_clips needs dataset.clip_length (or pass "
+                      "--image_shape=T,H,W,C)")
+    return int(config.dataset.clip_length), h, w, c
   return h, w, c
+
+
+def per_example_rates(prefix, examples_per_sec, example_shape):
+  """{prefix}examples_per_sec, {prefix}images_per_sec and, for clips [T, H, W, C],
+  {prefix}clips_per_sec (= examples) with images = clips x T frames."""
+  rates = {f"{prefix}examples_per_sec": examples_per_sec}
+  if len(example_shape) == 4:
+    rates[f"{prefix}clips_per_sec"] = examples_per_sec
+    rates[f"{prefix}images_per_sec"] = examples_per_sec * example_shape[0]
+  else:
+    rates[f"{prefix}images_per_sec"] = examples_per_sec
+  return rates
 
 
 def analytic_train_flops(image_shape, batch, latent_dim, base_channels, num_outputs):
@@ -131,6 +175,16 @@ def measure_matmul_peak(n, repeats):
     dot(a, b).block_until_ready()
     times.append(time.perf_counter() - start)
   return 2 * n ** 3 / float(np.median(times)) / 1e9
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs of one call of a compiled program, from XLA's cost analysis."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # one dict per program in older jax versions
+    cost = cost[0]
+  if not cost or "flops" not in cost:
+    raise ValueError(f"no 'flops' in the cost analysis: {cost!r}")
+  return float(cost["flops"])
 
 
 def _timed_calls(fn, n):
@@ -175,8 +229,8 @@ def run(config, image_shape):
 
   times = np.asarray(_timed_calls(train_call, FLAGS.steps)) / spc
   step_s = float(np.median(times))
-  result.update(images_per_sec=batch / step_s, step_ms=1e3 * step_s,
-                step_ms_min=1e3 * float(times.min()),
+  result.update(per_example_rates("", batch / step_s, image_shape))
+  result.update(step_ms=1e3 * step_s, step_ms_min=1e3 * float(times.min()),
                 step_ms_mean=1e3 * float(times.mean()))
 
   # ---- eval step -------------------------------------------------------------------
@@ -189,7 +243,7 @@ def run(config, image_shape):
   times = _timed_calls(lambda: jax.block_until_ready(eval_fn(state, images, mask, eval_rng)),
                        FLAGS.eval_steps)
   result["eval_step_ms"] = 1e3 * float(np.median(times))
-  result["eval_images_per_sec"] = batch / float(np.median(times))
+  result.update(per_example_rates("eval_", batch / float(np.median(times)), image_shape))
 
   # ---- short training from the device-resident dataset ------------------------------
   if FLAGS.device_train_steps > 0:
@@ -208,7 +262,8 @@ def run(config, image_shape):
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - start
     result["device_train_steps_per_sec"] = calls * spc / elapsed
-    result["device_train_images_per_sec"] = calls * spc * batch / elapsed
+    result.update(per_example_rates("device_train_", calls * spc * batch / elapsed,
+                                    image_shape))
     result["device_train_steps"] = calls * spc
     result["device_train_seconds"] = elapsed
     result["device_train_epochs"] = calls * spc * batch / num_images
@@ -216,14 +271,20 @@ def run(config, image_shape):
   # ---- FLOPs ------------------------------------------------------------------------
   likelihood = trainer.likelihood
   try:
-    one_step = jax.jit(functools.partial(
-        train_step.train_step, model=trainer.model, likelihood=likelihood, tx=trainer.tx,
-        skip_nonfinite=config.skip_nonfinite_updates, free_bits=config.free_bits,
-        skip_update_grad_norm=config.skip_update_grad_norm, ema_decay=config.ema_decay))
-    cost = one_step.lower(trainer.init_state(), batches[0]).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0]
-    result["xla_flops_per_step"] = float(cost["flops"])
+    if spc == 1:
+      # The timed program is one step with no loop around it: its own count, and
+      # no second compilation (minutes for the large models).
+      compiled = train_fn
+    else:
+      # XLA counts a loop body once whatever its trip count, so the scan of spc
+      # steps would read as one: compile a single step instead.
+      one_step = jax.jit(functools.partial(
+          train_step.train_step, model=trainer.model, likelihood=likelihood, tx=trainer.tx,
+          skip_nonfinite=config.skip_nonfinite_updates, free_bits=config.free_bits,
+          skip_update_grad_norm=config.skip_update_grad_norm, ema_decay=config.ema_decay),
+          compiler_options=trainer.compiler_options)
+      compiled = one_step.lower(trainer.init_state(), batches[0]).compile()
+    result["xla_flops_per_step"] = xla_flops(compiled)
   except Exception as e:  # pylint: disable=broad-except
     result["xla_flops_per_step"] = None
     print(f"XLA cost analysis unavailable: {e!r}", file=sys.stderr)
@@ -231,8 +292,10 @@ def run(config, image_shape):
     flops = analytic_train_flops(image_shape, batch, config.model.latent_dim,
                                  config.model.base_channels,
                                  likelihood.num_outputs(image_shape[-1]))
+    result["flops_source"] = "analytic"
   else:  # No hand count for the other models: XLA's own count of one step.
     flops = result["xla_flops_per_step"] or float("nan")
+    result["flops_source"] = "xla_cost_analysis"
   result["flops_per_step"] = float(flops)
   result["achieved_gflops"] = flops / step_s / 1e9
 
@@ -241,7 +304,8 @@ def run(config, image_shape):
     result["matmul_peak_gflops"] = peak
     result["matmul_size"] = FLAGS.matmul_size
     result["fraction_of_matmul_peak"] = result["achieved_gflops"] / peak
-    result["ceiling_images_per_sec"] = batch * peak * 1e9 / flops
+    # The rates if the step ran at the matmul peak.
+    result.update(per_example_rates("ceiling_", batch * peak * 1e9 / flops, image_shape))
 
   # The algorithms the model actually runs (whatever the config could express).
   result["model"] = config.model.name
@@ -254,6 +318,8 @@ def run(config, image_shape):
   result["device_kind"] = devices[0].device_kind
   result["backend"] = jax.default_backend()
   result["image_shape"] = list(image_shape)
+  if len(image_shape) == 4:
+    result["frames_per_clip"] = image_shape[0]
   result["batch_size"] = batch
   result["config"] = config.to_dict()
   return result
