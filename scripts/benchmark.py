@@ -15,7 +15,8 @@ steps one by one with `block_until_ready` (medians, robust on a shared machine).
 then runs a short training from the device-resident data path (`train_on_device` on
 a replicated uint8 dataset of `--num_images` synthetic examples), i.e. steps/s
 including batch gathering. Prints ONE JSON line on stdout, with at least
-images_per_sec, step_ms, eval_images_per_sec, compile_s, devices, backend, config.
+images_per_sec, step_ms, eval_images_per_sec, compile_s, devices, backend, config;
+`train_temp_bytes` is the compiled train step's temporary memory (XLA's estimate).
 
 Units: `step_ms` is milliseconds per optimizer step (median), `compile_s` seconds to
 compile the train step, `*_per_sec` per second of wall time. An example is one
@@ -40,10 +41,11 @@ cost analysis (`Compiled.cost_analysis()["flops"]`) of the compiled single train
 step says (it counts the zeros of an lhs-dilated convolution, so it is larger for
 model.conv_impl=xla); the other models have no hand count and their
 `flops_per_step` is XLA's (`flops_source` says which). XLA counts a loop body
-once, whatever its trip count, so recurrent models (SVG-LP's `nn.scan` over
-time) are under-counted by up to the number of time steps in their recurrent
-part; the convolutions of SVG-LP's frame encoder and decoder run outside the scan
-(on all frames at once) and are counted in full.
+once, whatever its trip count, so the recurrent part of a model (SVG-LP's LSTMs,
+an `nn.scan` over time) is counted for one time step only. SVG-LP's frame encoder
+and decoder run outside the scan (on all frames at once) and are counted in full;
+for configs/bair_svg.py the LSTMs' missing 10 of 11 steps are about 0.14 GFLOP of
+the ~180 GFLOP per clip (under 0.1%).
 `--measure_matmul_peak` times a square fp32 `jnp.dot` and reports the step's
 achieved GFLOP/s (`flops_per_step` / step time) as a fraction of it.
 
@@ -187,6 +189,19 @@ def xla_flops(compiled) -> float:
   return float(cost["flops"])
 
 
+def memory_bytes(compiled, prefix) -> dict:
+  """XLA's memory analysis of a compiled program, in bytes: {prefix}temp_bytes (its
+  temporary buffers: the activations kept for the backward pass, which
+  model.remat trades for compute) and {prefix}argument_bytes (state and batch)."""
+  try:
+    stats = compiled.memory_analysis()
+    return {f"{prefix}temp_bytes": int(stats.temp_size_in_bytes),
+            f"{prefix}argument_bytes": int(stats.argument_size_in_bytes)}
+  except Exception as e:  # pylint: disable=broad-except  (not every backend has it)
+    print(f"XLA memory analysis unavailable: {e!r}", file=sys.stderr)
+    return {}
+
+
 def _timed_calls(fn, n):
   """Runs fn() n times, each to completion; returns the list of seconds."""
   times = []
@@ -218,6 +233,7 @@ def run(config, image_shape):
   start = time.perf_counter()
   train_fn = trainer.train_on_batches.lower(state, batches).compile()
   result["compile_s"] = time.perf_counter() - start
+  result.update(memory_bytes(train_fn, "train_"))
   for _ in range(FLAGS.warmup):
     state, _ = train_fn(state, batches)
   jax.block_until_ready(state)

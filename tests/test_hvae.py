@@ -540,8 +540,9 @@ def test_no_nan_in_1000_steps_at_the_paper_learning_rate(name):
   compilation): deselected by default, `python -m pytest -m slow tests` runs it.
   Non-finite steps are not skipped (`skip_nonfinite_updates=False`): the first one
   is recorded in `state.nonfinite`. The data stay on the device and the steps run
-  as one compiled `lax.scan` of 100 steps, called 10 times back to back (the same
-  program as one call of 1000 steps; each call's mean loss gives the curve).
+  as one compiled `lax.scan` of 100 steps (`steps_per_call`), called 10 times back
+  to back: one compilation, as for a single scan of 1000 steps, and each call's
+  mean loss is a point of the loss curve (the last: the final loss).
   """
   config = _paper_training_options(name, ema_decay=0.9995, steps_per_call=100)
   trainer = trainer_lib.Trainer(config, tiny_models.data_shape("hvae"),
