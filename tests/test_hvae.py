@@ -536,8 +536,9 @@ def test_no_nan_in_1000_steps_at_the_paper_learning_rate(name):
   dropout 0.5, EMA 0.9995; configs/cifar10_hvae.py's clipping and skip threshold)
   trains 1000 steps on 8x8x3 images with no non-finite loss or gradient.
 
-  Slow (6.6 minutes for the 13 likelihoods on a busy 2-core CPU, most of it
-  compilation): deselected by default, `python -m pytest -m slow tests` runs it.
+  Slow (6.6 minutes for the 13 likelihoods on a busy 2-core CPU with a cold JAX
+  compilation cache, 51 s with tests/conftest.py's cache warm): deselected by
+  default, `python -m pytest -m slow tests` runs it.
   Non-finite steps are not skipped (`skip_nonfinite_updates=False`): the first one
   is recorded in `state.nonfinite`. The data stay on the device and the steps run
   as one compiled `lax.scan` of 100 steps (`steps_per_call`), called 10 times back
