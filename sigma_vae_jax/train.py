@@ -246,9 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if best is not None:
     best.close()
     if best_step is not None:
-      print(f"Best eval -ELBO {best_nelbo:.2f} nats at step {best_step}, kept in "
-            f"{best.directory} (evaluate.load_run(workdir, checkpoint='best')).",
-            flush=True)
+      print(f"Best evaluation at step {best_step} (by the decoder's own -ELBO, "
+            f"{best_nelbo:.2f} nats), kept in {best.directory} "
+            f"(evaluate.load_run(workdir, checkpoint='best')).", flush=True)
   reporter.close()
   return state
 

@@ -1,7 +1,8 @@
-"""Helpers to run the real CLI (`python -m sigma_vae_jax.main`) on tiny settings."""
+"""Helpers for tests that train: run the real CLI (`python -m sigma_vae_jax.main`) on
+tiny settings, and compare runs (metrics rows, whole train states)."""
 
+import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -62,3 +63,25 @@ def stop(process, sig, timeout=120):
   process.send_signal(sig)
   out, _ = process.communicate(timeout=timeout)
   return process.returncode, out
+
+
+def metrics_rows(workdir):
+  """WORKDIR/metrics.jsonl rows without `steps_per_sec` (wall-clock, the one field
+  two identical runs may differ in)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  for row in rows:
+    row.pop("steps_per_sec", None)
+  return rows
+
+
+def assert_same_state(state_a, state_b):
+  """Bit-identical pytrees: same structure and every leaf equal (e.g. whole train
+  states: params, EMA, optimizer moments, sigma average, rng, counters)."""
+  import jax
+  import numpy as np
+  leaves_a, treedef_a = jax.tree_util.tree_flatten(jax.device_get(state_a))
+  leaves_b, treedef_b = jax.tree_util.tree_flatten(jax.device_get(state_b))
+  assert treedef_a == treedef_b
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(a, b)

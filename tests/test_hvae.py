@@ -18,7 +18,6 @@ threefry; one test runs the default key type.
 
 import functools
 import importlib.util
-import json
 import os
 
 import jax
@@ -36,6 +35,7 @@ from sigma_vae_jax import train
 from sigma_vae_jax import trainer as trainer_lib
 from sigma_vae_jax.models import hvae
 from sigma_vae_jax.models.base import ModelOutput
+import cli_utils
 import tiny_models
 
 IMAGE_SHAPE = (8, 8, 3)
@@ -478,15 +478,6 @@ def _paper_training_options(decoder_name="optimal_sigma", **overrides):
   return config
 
 
-def _metrics_rows(workdir):
-  """metrics.jsonl rows without the wall-clock rate (the one field that may differ)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  for row in rows:
-    row.pop("steps_per_sec", None)
-  return rows
-
-
 def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
   """8 steps in one go vs 4, stop, resume to 8 in the same workdir: the same
   parameters, EMA parameters, Adamax moments, running sigma, step count and logged
@@ -517,16 +508,12 @@ def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tm
       jax.tree_util.tree_leaves(uninterrupted.ema_params)))
   # Whole train states: params, ema_params, optimizer state, likelihood state, rng,
   # num_skipped, the non-finite record.
-  leaves_a, treedef_a = jax.tree_util.tree_flatten(uninterrupted)
-  leaves_b, treedef_b = jax.tree_util.tree_flatten(resumed)
-  assert treedef_a == treedef_b
-  for a, b in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(a, b)
-  rows = _metrics_rows(tmp_path / "uninterrupted")
+  cli_utils.assert_same_state(uninterrupted, resumed)
+  rows = cli_utils.metrics_rows(tmp_path / "uninterrupted")
   assert [(r["step"], r["split"]) for r in rows] == [
       (2, "train"), (4, "train"), (4, "eval"), (6, "train"), (8, "train"), (8, "eval")]
   assert "kl_z1" in rows[0] and "num_skipped" in rows[0]
-  assert _metrics_rows(tmp_path / "resumed") == rows
+  assert cli_utils.metrics_rows(tmp_path / "resumed") == rows
 
 
 @pytest.mark.slow

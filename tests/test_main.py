@@ -94,7 +94,7 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir, mon
   # The best eval ELBO's checkpoint is kept beside the latest ones.
   best = min(eval_rows, key=lambda r: r["nelbo"])
   assert os.listdir(os.path.join(workdir, "checkpoints_best")) == [str(best["step"])]
-  assert f"at step {best['step']}, kept in" in result.stdout
+  assert f"Best evaluation at step {best['step']} " in result.stdout
 
   # Resuming through the CLI: tests/test_reliability.py.
 

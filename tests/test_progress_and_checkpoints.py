@@ -19,14 +19,6 @@ from sigma_vae_jax import train
 import cli_utils
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, reporting.METRICS_FILE)) as f:
-    rows = [json.loads(line) for line in f]
-  for row in rows:
-    row.pop("steps_per_sec", None)  # wall-clock
-  return rows
-
-
 def _event_steps(logdir):
   """(tag, step) of every scalar/image event, read with TensorBoard's own loader."""
   from tensorboard.backend.event_processing import event_accumulator
@@ -64,7 +56,7 @@ def test_a_resumed_reporter_drops_tensorboard_events_past_the_restored_step(tmp_
   resumed.close()
   assert _event_steps(logdir) == [("samples", 4), ("train/loss", 2), ("train/loss", 4),
                                   ("train/loss", 6)]
-  assert [r["step"] for r in _rows(logdir)] == [2, 4, 6]
+  assert [r["step"] for r in cli_utils.metrics_rows(logdir)] == [2, 4, 6]
 
 
 def test_time_based_checkpoints_resume_exactly_and_drop_the_lost_rows(tmp_path,
@@ -77,15 +69,14 @@ def test_time_based_checkpoints_resume_exactly_and_drop_the_lost_rows(tmp_path,
   final = jax.device_get(train.train_and_evaluate(config, workdir))
   checkpoints = os.path.join(workdir, "checkpoints")
   assert sorted(map(int, os.listdir(checkpoints))) == [4, 6, 8, 10, 12]
-  uninterrupted = _rows(workdir)
+  uninterrupted = cli_utils.metrics_rows(workdir)
 
   # As if killed after step 11's rows were written but before its next checkpoint.
   for step in ("10", "12"):
     shutil.rmtree(os.path.join(checkpoints, step))
   resumed = jax.device_get(train.train_and_evaluate(config, workdir))
-  for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(resumed)):
-    np.testing.assert_array_equal(a, b)
-  assert _rows(workdir) == uninterrupted
+  cli_utils.assert_same_state(final, resumed)
+  assert cli_utils.metrics_rows(workdir) == uninterrupted
 
 
 def test_the_best_checkpoint_keeps_the_lowest_finite_nelbo(tmp_path):
@@ -114,7 +105,7 @@ def test_load_run_restores_the_best_or_the_latest_checkpoint(tmp_path, shapes_da
                                  checkpoint_every_steps=2, log_every_steps=2)
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
-  rows = [r for r in _rows(workdir) if r["split"] == "eval"]
+  rows = [r for r in cli_utils.metrics_rows(workdir) if r["split"] == "eval"]
   best_step = min(rows, key=lambda r: r["nelbo"])["step"]
   # Train on without tracking the best, so the latest and the best differ.
   config.num_train_steps, config.keep_best_checkpoint = 6, False

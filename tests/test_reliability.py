@@ -39,21 +39,6 @@ def _last_eval(workdir):
   return [r for r in rows if r["split"] == "eval"][-1]
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  for row in rows:
-    row.pop("steps_per_sec", None)
-  return rows
-
-
-def _assert_identical(state_a, state_b):
-  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
-  assert len(leaves_a) == len(leaves_b)
-  for a, b in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(a, b)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shapes_data_dir):
   """An uninterrupted 40-step run: its final state and last eval metrics."""
@@ -94,11 +79,11 @@ def test_sigterm_then_sigkill_then_restart_ends_bit_identical(tmp_path, shapes_d
   assert "Resuming from step" in result.stdout
   state, step = _final_state(workdir, shapes_data_dir)
   assert step == 40
-  _assert_identical(state, reference_state)  # params, Adam moments, sigma average, rng
+  cli_utils.assert_same_state(state, reference_state)  # params, Adam moments, sigma average, rng
   assert _last_eval(workdir) == reference_eval
   # Rows the killed runs wrote past their checkpoints were dropped: the same rows,
   # in order, as the uninterrupted run (wall-clock rates aside).
-  assert _rows(workdir) == _rows(reference_dir)
+  assert cli_utils.metrics_rows(workdir) == cli_utils.metrics_rows(reference_dir)
 
 
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, shapes_data_dir,
@@ -121,7 +106,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, sh
   assert os.listdir(os.path.join(workdir, "checkpoints_unreadable"))  # kept, not deleted
   state, step = _final_state(workdir, shapes_data_dir)
   assert step == 40
-  _assert_identical(state, reference_state)  # retrained 36 -> 40 exactly
+  cli_utils.assert_same_state(state, reference_state)  # retrained 36 -> 40 exactly
 
 
 def test_nonfinite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(
@@ -143,7 +128,7 @@ def test_nonfinite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(
   state, step = _final_state(workdir, shapes_data_dir)
   assert step == 40
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
-  _assert_identical(state, reference_state)
+  cli_utils.assert_same_state(state, reference_state)
 
 
 def test_a_workdir_of_another_decoder_is_refused_naming_the_fields(tmp_path):

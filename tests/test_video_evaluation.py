@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cli_utils
 import tiny_models
 from sigma_vae_jax import checkpointing
 from sigma_vae_jax import evaluate
@@ -83,15 +84,6 @@ def run(tmp_path_factory):
   return workdir, config, trainer, state, clips
 
 
-def _rows(workdir):
-  """metrics.jsonl without the timing column."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  for r in rows:
-    r.pop("steps_per_sec", None)
-  return rows
-
-
 def _final_state(workdir, trainer):
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), 3)
   try:
@@ -111,12 +103,9 @@ def test_resume_from_half_way_ends_bit_identical(run, tmp_path):
   state, step = _final_state(resumed, trainer)
   reference, reference_step = _final_state(workdir, trainer)
   assert step == reference_step == STEPS
-  leaves, reference_leaves = jax.tree.leaves(state), jax.tree.leaves(reference)
-  assert len(leaves) == len(reference_leaves)
-  for a, b in zip(leaves, reference_leaves):  # params, Adam moments, sigma average, rng
-    np.testing.assert_array_equal(a, b)
-  rows = _rows(resumed)
-  assert rows == _rows(workdir)
+  cli_utils.assert_same_state(state, reference)  # params, Adam moments, sigma average, rng
+  rows = cli_utils.metrics_rows(resumed)
+  assert rows == cli_utils.metrics_rows(workdir)
   assert [r["step"] for r in rows if r["split"] == "eval"] == [STEPS // 2, STEPS]
 
 
