@@ -49,8 +49,9 @@ the ~180 GFLOP per clip (under 0.1%).
 `--measure_matmul_peak` times a square fp32 `jnp.dot` and reports the step's
 achieved GFLOP/s (`flops_per_step` / step time) as a fraction of it.
 
-`--config.model.dtype=bfloat16` benchmarks bfloat16 compute (for GPU/TPU; XLA:CPU
-emulates it slowly). `--config.model.conv_impl=xla` benchmarks the conv VAE's
+`--config.model.dtype=bfloat16` benchmarks bfloat16 compute (meant for GPU/TPU; on
+this project's 2-core CPU it ran as fast as float32 for the HVAE and SVG-LP, README
+"Performance"). `--config.model.conv_impl=xla` benchmarks the conv VAE's
 plain layers (`fast`: the CPU-tuned forms; `auto`: fast on CPU only).
 """
 
