@@ -226,15 +226,20 @@ def test_discretized_narrow_bins_pdf_times_width_limit(fn, ref):
     np.testing.assert_allclose(got, limit, rtol=0, atol=2e-5 * abs(limit[0]))
 
 
-@pytest.mark.parametrize("fn, ref", DISCRETIZED)
-@pytest.mark.parametrize("num_bins", [256, 32, 100])
-def test_discretized_sums_to_one(fn, ref, num_bins):
-  n1 = num_bins - 1
-  grid = (np.arange(num_bins) / n1).astype(np.float32)
+def _every_level(num_bins):
+  """x [num_bins, 9]: every level k/(num_bins-1) for each of 9 (mean, log scale)
+  pairs, from well inside [0, 1] to far outside, tiny to huge scales."""
+  grid = (np.arange(num_bins) / (num_bins - 1)).astype(np.float32)
   means = np.float32([0.5, 0.0, 1.0, -3.0, 4.0, 0.3, 0.5, 0.5, 0.123])
   log_scales = np.float32([-2.0, -5.0, -5.0, 0.0, 1.0, -12.0, -30.0, 25.0,
                            -4.0])
-  x = np.broadcast_to(grid[:, None], (num_bins, means.size))
+  return np.broadcast_to(grid[:, None], (num_bins, means.size)), means, log_scales
+
+
+@pytest.mark.parametrize("fn, ref", DISCRETIZED)
+@pytest.mark.parametrize("num_bins", [256, 32, 100])
+def test_discretized_sums_to_one(fn, ref, num_bins):
+  x, means, log_scales = _every_level(num_bins)
   nll = np.asarray(fn(x, means, log_scales, num_bins=num_bins), np.float64)
   total = scipy.special.logsumexp(-nll, axis=0)
   np.testing.assert_allclose(total, 0.0, atol=2e-6)
@@ -450,12 +455,7 @@ def test_discretized_student_t_random_inputs_float64(df):
 
 @pytest.mark.parametrize("num_bins", [256, 32])
 def test_discretized_student_t_sums_to_one(num_bins):
-  n1 = num_bins - 1
-  grid = (np.arange(num_bins) / n1).astype(np.float32)
-  means = np.float32([0.5, 0.0, 1.0, -3.0, 4.0, 0.3, 0.5, 0.5, 0.123])
-  log_scales = np.float32([-2.0, -5.0, -5.0, 0.0, 1.0, -12.0, -30.0, 25.0,
-                           -4.0])
-  x = np.broadcast_to(grid[:, None], (num_bins, means.size))
+  x, means, log_scales = _every_level(num_bins)
   for df in STUDENT_DFS:
     nll = np.asarray(_dstudent(x, means, log_scales, np.float32(df),
                                num_bins=num_bins), np.float64)
