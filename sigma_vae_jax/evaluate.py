@@ -559,6 +559,4 @@ def video_fid(trainer, state, clips: np.ndarray, fid_kind: str, rng: jax.Array,
         frames.reshape((-1,) + frames.shape[2:]), feature_fn))
     reference.append(metrics.compute_features(
         truth.reshape((-1,) + truth.shape[2:]).astype(np.float32) / 255.0, feature_fn))
-  mu1, s1 = metrics.feature_statistics(np.concatenate(predicted))
-  mu2, s2 = metrics.feature_statistics(np.concatenate(reference))
-  return float(metrics.frechet_distance(mu1, s1, mu2, s2))
+  return metrics.fid_from_features(np.concatenate(predicted), np.concatenate(reference))

@@ -305,8 +305,13 @@ def fid(images_a, images_b, feature_fn: Callable[[Array], Array], batch_size: in
   `inception.inception_feature_fn(params)`. Use the same number of images for
   all models being compared: FID is biased upward for small N.
   """
-  fa = compute_features(images_a, feature_fn, batch_size)
-  fb = compute_features(images_b, feature_fn, batch_size)
-  mu1, s1 = feature_statistics(fa)
-  mu2, s2 = feature_statistics(fb)
-  return frechet_distance(mu1, s1, mu2, s2)
+  return fid_from_features(compute_features(images_a, feature_fn, batch_size),
+                           compute_features(images_b, feature_fn, batch_size))
+
+
+def fid_from_features(features_a, features_b) -> float:
+  """Frechet distance between the Gaussian statistics of two feature sets [N, F]
+  (e.g. `compute_features` of images gathered batch by batch)."""
+  mu1, s1 = feature_statistics(features_a)
+  mu2, s2 = feature_statistics(features_b)
+  return float(frechet_distance(mu1, s1, mu2, s2))

@@ -132,7 +132,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   start_step = int(jax.device_get(state.step))
   best = (checkpointing.BestCheckpointer(os.path.join(workdir, checkpointing.BEST_DIRECTORY))
           if config.keep_best_checkpoint else None)
-  best_step, best_nelbo = best.best() if best else (None, None)
 
   batch_size = config.batch_size
   local_batch = batch_size // jax.process_count()
@@ -217,8 +216,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         eval_metrics = trainer.evaluate(state, eval_batches())
         reporter.write(step, "eval", eval_metrics)
         improved = best is not None and best.update(step, state, eval_metrics["nelbo"])
-        if improved:
-          best_step, best_nelbo = step, eval_metrics["nelbo"]
         print(eval_summary(step, eval_metrics, trainer.likelihood)
               + (" (best so far)" if improved else ""), flush=True)
         if jax.process_index() == 0:
@@ -245,6 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer.close()
   if best is not None:
     best.close()
+    best_step, best_nelbo = best.best()
     if best_step is not None:
       print(f"Best evaluation at step {best_step} (by the decoder's own -ELBO, "
             f"{best_nelbo:.2f} nats), kept in {best.directory} "
