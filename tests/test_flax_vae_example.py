@@ -30,7 +30,8 @@ def test_example_trains_a_few_steps_and_evaluates_with_the_running_sigma():
              JAX_PLATFORMS="cpu")
   result = subprocess.run(
       [sys.executable, os.path.join(EXAMPLE, "train.py"), "--num_steps=40",
-       "--eval_every=20", "--batch_size=32", "--hidden=64", "--latents=4"],
+       "--eval_every=20", "--batch_size=32", "--hidden=64", "--latents=4",
+       "--num_train=1000"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = [l for l in result.stdout.splitlines() if l.startswith("eval step")]

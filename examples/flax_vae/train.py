@@ -39,6 +39,7 @@ flags.DEFINE_integer("eval_every", 1000, "Evaluate every this many steps.")
 flags.DEFINE_integer("latents", 20, "Number of latent variables.")
 flags.DEFINE_integer("hidden", 500, "Width of the encoder's and decoder's hidden layer.")
 flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "mnist"], "Training data.")
+flags.DEFINE_integer("num_train", 10000, "Synthetic data: number of training images.")
 
 # sigma-VAE: one sigma shared by the batch; its running average for evaluation.
 RUNNING_SIGMA = losses.RunningSigma(axis="shared", decay=0.99)
@@ -59,7 +60,7 @@ def synthetic_images(num: int, seed: int, size: int = 28) -> np.ndarray:
 
 
 def load_data(dataset: str, num_train: int = 10000, num_test: int = 1000):
-  """(train [N, 784], test [M, 784]) float32 images in [0, 1]."""
+  """(train [N, 784], test [M, 784]) float32 images in [0, 1] (sizes: synthetic only)."""
   if dataset == "synthetic":
     return synthetic_images(num_train, seed=0), synthetic_images(num_test, seed=1)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -107,12 +108,15 @@ def eval_f(vae, params, sigma_state, images, z, z_rng):
 
 def train_and_evaluate(learning_rate: float = 1e-3, batch_size: int = 128,
                        num_steps: int = 3000, eval_every: int = 1000, latents: int = 20,
-                       hidden: int = 500, dataset: Any = "synthetic", seed: int = 0):
+                       hidden: int = 500, dataset: Any = "synthetic", seed: int = 0,
+                       num_train: int = 10000):
   """Trains and returns (state, sigma_state, the last evaluation's metrics as floats).
 
-  `dataset`: "synthetic", "mnist" or a (train, test) pair of [N, D] arrays in [0, 1].
+  `dataset`: "synthetic", "mnist" or a (train, test) pair of [N, D] arrays in [0, 1];
+  `num_train`: the number of synthetic training images.
   """
-  train_ds, test_ds = load_data(dataset) if isinstance(dataset, str) else dataset
+  train_ds, test_ds = (load_data(dataset, num_train) if isinstance(dataset, str)
+                       else dataset)
   vae = models.model(latents, features=train_ds.shape[-1], hidden=hidden)
   rng = jax.random.PRNGKey(seed)
   rng, key = jax.random.split(rng)
@@ -142,7 +146,8 @@ def train_and_evaluate(learning_rate: float = 1e-3, batch_size: int = 128,
 def main(argv):
   del argv
   train_and_evaluate(FLAGS.learning_rate, FLAGS.batch_size, FLAGS.num_steps,
-                     FLAGS.eval_every, FLAGS.latents, FLAGS.hidden, FLAGS.dataset)
+                     FLAGS.eval_every, FLAGS.latents, FLAGS.hidden, FLAGS.dataset,
+                     num_train=FLAGS.num_train)
 
 
 if __name__ == "__main__":
