@@ -4,7 +4,8 @@ become a likelihood p(x | z). `config.decoder.name` picks one (`LIKELIHOODS`).
 A `Likelihood` declares
   * `num_outputs(C)`: raw channels per pixel the network must produce for C-channel data,
   * `init_params()`: trainable parameters of its own (e.g. one learned log sigma),
-  * `init_state()`: non-trainable state (the running average of sigma*),
+  * `init_state()`: non-trainable state (the running average of sigma*: the fields of
+    `losses.RunningSigmaState` as a dict, updated with the public `losses.RunningSigma`),
   * `nll(...)`: the elementwise negative log-likelihood in nats (losses.py),
   * `mean(...)` / `sample(...)`: images in [0, 1] for reconstructions and samples.
 
