@@ -13,8 +13,8 @@ TensorFlow is imported.
 * `quiet_third_party_logs()`: drops known, harmless third-party log records (NOISE)
   that a user can do nothing about.
 
-TensorFlow's native start-up lines are silenced by environment defaults set in
-`sigma_vae_jax/__init__.py` (they must be set before TensorFlow is imported).
+* `set_tensorflow_env_defaults()`: TensorFlow's native start-up logging, set by each
+  entry point before TensorFlow is imported (never on import of the package).
 """
 
 from __future__ import annotations
@@ -283,3 +283,17 @@ def quiet_third_party_logs() -> None:
     logger = py_logging.getLogger(logger_name)
     if not any(isinstance(f, _DropNoise) for f in logger.filters):
       logger.addFilter(_DropNoise(substrings))
+
+
+def set_tensorflow_env_defaults() -> None:
+  """TensorFlow's start-up logging for our entry points, unless the user set it first.
+
+  Called by each command-line entry point before TensorFlow is imported (importing
+  the package changes no environment variable):
+  * `TF_CPP_MIN_LOG_LEVEL=1`: no C++ INFO lines (CPU-feature notice, tf.data buffer
+    notes); warnings and errors still show;
+  * `TF_ENABLE_ONEDNN_OPTS=0`: TensorFlow's oneDNN kernels off, and with them their
+    start-up notice (the data pipeline runs no matmuls or convolutions).
+  """
+  for name, value in (("TF_CPP_MIN_LOG_LEVEL", "1"), ("TF_ENABLE_ONEDNN_OPTS", "0")):
+    os.environ.setdefault(name, value)

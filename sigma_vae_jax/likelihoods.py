@@ -4,7 +4,8 @@ become a likelihood p(x | z). `config.decoder.name` picks one (`LIKELIHOODS`).
 A `Likelihood` declares
   * `num_outputs(C)`: raw channels per pixel the network must produce for C-channel data,
   * `init_params()`: trainable parameters of its own (e.g. one learned log sigma),
-  * `init_state()`: non-trainable state (the running average of sigma*),
+  * `init_state()`: non-trainable state (the running average of sigma*: the fields of
+    `losses.RunningSigmaState` as a dict, updated with the public `losses.RunningSigma`),
   * `nll(...)`: the elementwise negative log-likelihood in nats (losses.py),
   * `mean(...)` / `sample(...)`: images in [0, 1] for reconstructions and samples.
 
@@ -232,26 +233,24 @@ class OptimalSigma(_GaussianFamily):
   name = "optimal_sigma"
   has_running_sigma = True
   data_independent_sigma = True
-  # log(scale / sigma*): the scale parameter of the likelihood whose standard deviation
-  # is sigma* (0 for a Gaussian; the discretized logistic overrides it).
-  _log_scale_per_sigma = 0.0
 
   def __init__(self, ema_decay: float, axes: Optional[tuple[int, ...]] = None,
                log_sigma_min: Optional[float] = -6.0):
     self.ema_decay = float(ema_decay)
     self.axes = None if axes is None else tuple(sorted(int(a) for a in axes))
     self.log_sigma_min = log_sigma_min
+    # The public running average (losses.RunningSigma), unfloored: the floor goes on
+    # the likelihood's own scale parameter (`_scale_from_log_sigma`).
+    self.running = losses.RunningSigma(axis="shared" if self.axes is None else self.axes,
+                                       decay=self.ema_decay, log_sigma_min=None)
 
   def _scale_from_log_sigma(self, log_sigma):
     """The bounded log scale of the likelihood from an unclipped log sigma*."""
-    return _bounded(log_sigma + self._log_scale_per_sigma, self.log_sigma_min)
+    return _bounded(log_sigma, self.log_sigma_min)
 
   def variance_shape(self, data_shape) -> tuple[int, ...]:
     """Shape of the running variance: () when shared, else broadcastable to x."""
-    if self.axes is None:
-      return ()
-    full = (1,) + tuple(data_shape)
-    return tuple(1 if i in self.axes else d for i, d in enumerate(full))
+    return self.running.state_shape(None if data_shape is None else (1,) + tuple(data_shape))
 
   def num_variance_parameters(self, data_shape) -> int:
     return math.prod(self.variance_shape(data_shape))
@@ -260,25 +259,21 @@ class OptimalSigma(_GaussianFamily):
     if self.axes is not None and data_shape is None:
       raise ValueError("optimal sigma with sigma_axes needs the image shape")
     # Debiased EMA: ema / weight, with weight = 1 - decay^n (as Adam's moments).
-    return {"variance_ema": jnp.zeros(self.variance_shape(data_shape), jnp.float32),
-            "ema_weight": jnp.zeros((), jnp.float32)}
+    return self.running.init(
+        None if data_shape is None else (1,) + tuple(data_shape))._asdict()
 
   def update_state(self, state, output):
-    d = self.ema_decay
-    variance = jax.lax.stop_gradient(output.batch_variance).astype(jnp.float32)
-    return {"variance_ema": d * state["variance_ema"] + (1 - d) * variance,
-            "ema_weight": d * state["ema_weight"] + (1 - d)}
+    return self.running.update_from_variance(losses.RunningSigmaState(**state),
+                                             output.batch_variance)._asdict()
 
   def running_log_sigma(self, state):
-    variance = state["variance_ema"] / jnp.maximum(state["ema_weight"], 1e-12)
-    # Before any training step there is no estimate: fall back to sigma = 1.
-    variance = jnp.where(state["ema_weight"] > 0, variance, 1.0)
     return self._scale_from_log_sigma(
-        0.5 * jnp.log(jnp.maximum(variance, jnp.finfo(jnp.float32).tiny)))
+        self.running.log_sigma(losses.RunningSigmaState(**state)))
 
   def _log_sigma(self, x, mean, out, params, state, train):
     if train:
-      log_sigma = losses.optimal_log_sigma(x, mean, axis=self.axes)
+      log_sigma = losses.optimal_log_sigma(x, mean, axis=self.running.axis,
+                                           log_sigma_min=None)
       variance = jnp.exp(2 * log_sigma)
       variance = variance.reshape(()) if self.axes is None else variance
       return self._scale_from_log_sigma(log_sigma), variance
@@ -293,9 +288,10 @@ class OptimalSigmaPerImage(_GaussianFamily):
     self.log_sigma_min = log_sigma_min
 
   def _log_sigma(self, x, mean, out, params, state, train):
-    # Every non-batch axis: per image, or per clip for video [B, T, H, W, C].
-    return _bounded(losses.optimal_log_sigma(x, mean, axis=tuple(range(1, x.ndim))),
-                    self.log_sigma_min), None
+    # Every non-batch axis: per image, or per clip for video [B, T, H, W, C]; the
+    # floor is optimal_log_sigma's own (softclip at log_sigma_min, None: none).
+    return losses.optimal_log_sigma(x, mean, axis="per_example",
+                                    log_sigma_min=self.log_sigma_min), None
 
   def sample(self, rng, out, params, state):
     # No data means no per-image sigma*; samples are shown as the mean image.
@@ -518,7 +514,9 @@ class DiscretizedLogistic(_Discretized):
   """
   name = "discretized_logistic"
   _nll_fn = staticmethod(losses.discretized_logistic_nll)
-  _log_scale_per_sigma = 0.5 * math.log(3.0) - math.log(math.pi)
+
+  def _scale_from_log_sigma(self, log_sigma):
+    return _bounded(losses.logistic_log_scale(log_sigma), self.log_sigma_min)
 
   def sample(self, rng, out, params, state):
     mean = self.mean(out, params, state)

@@ -50,4 +50,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.set_tensorflow_env_defaults()  # before anything imports TensorFlow
   app.run(main, flags_parser=cli.absl_flags_parser)

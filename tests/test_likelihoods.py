@@ -276,3 +276,32 @@ def test_categorical_samples_follow_the_softmax():
   freq = np.array([np.mean(np.round(sample * 255) == k) for k in levels])
   assert freq.sum() == 1.0
   np.testing.assert_array_less(np.abs(freq - p), 4 * np.sqrt(p * (1 - p) / n))
+
+
+@pytest.mark.parametrize("name,log_scale_per_log_sigma", [
+    ("optimal_sigma", 0.0),
+    ("discretized_gaussian", 0.0),
+    # A logistic with scale s has standard deviation s pi / sqrt(3).
+    ("discretized_logistic", math.log(math.sqrt(3.0) / math.pi)),
+])
+def test_decoder_sigma_state_is_the_public_running_sigma(name, log_scale_per_log_sigma):
+  from sigma_vae_jax import losses
+  decoder = _decoder(name, sigma_ema_decay=0.9)  # log_sigma_min -6 (the default)
+  out = _outputs(decoder)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 4, 4, 3))
+  x = jnp.round(x * 255) / 255
+  mean = np.asarray(jax.nn.sigmoid(out), np.float64)
+  mse = np.mean((np.asarray(x, np.float64) - mean) ** 2)
+  state = decoder.update_state(decoder.init_state(),
+                               decoder.nll(x, out, {}, decoder.init_state(), train=True))
+  # The trainer's state is a RunningSigmaState as a dict (checkpoints keep the layout).
+  public = losses.RunningSigmaState(**state)
+  assert set(state) == {"variance_ema", "ema_weight"}
+  running = losses.RunningSigma(decay=0.9)
+  by_hand = 0.5 * math.log(mse)  # debiased after one update: that batch's sigma*
+  np.testing.assert_allclose(float(running.log_sigma(public)),
+                             -6.0 + math.log1p(math.exp(by_hand + 6.0)), rtol=1e-5)
+  # The decoder floors its own scale parameter: log s = log sigma* + const, then -6.
+  scale = by_hand + log_scale_per_log_sigma
+  np.testing.assert_allclose(float(decoder.running_log_sigma(state)),
+                             -6.0 + math.log1p(math.exp(scale + 6.0)), rtol=1e-5)

@@ -125,7 +125,8 @@ def test_optimal_log_sigma_minimises_gaussian_nll(axis):
   x = _images(rng, shape)
   mean = np.clip(x + rng.normal(0, 0.1, shape) * rng.uniform(0.2, 2, shape),
                  0, 1).astype(np.float32)
-  ls = np.asarray(losses.optimal_log_sigma(x, mean, axis=axis))
+  ls = np.asarray(losses.optimal_log_sigma(x, mean, axis=axis,
+                                               log_sigma_min=None))
   expected_shape = tuple(
       1 if (axis is None or d in ((axis,) if isinstance(axis, int) else axis))
       else n for d, n in enumerate(shape))
@@ -155,21 +156,22 @@ def test_optimal_log_sigma_closed_form_and_broadcast_mean():
   rng = np.random.default_rng(2)
   x = _images(rng, (2, 3, 3, 3))
   mean = rng.uniform(0, 1, (3,)).astype(np.float32)  # per-channel mean
-  got = np.asarray(losses.optimal_log_sigma(x, mean, axis=(0, 1, 2)))
+  got = np.asarray(losses.optimal_log_sigma(x, mean, axis=(0, 1, 2),
+                                               log_sigma_min=None))
   ref = 0.5 * np.log(np.mean((x.astype(np.float64) - mean)**2, axis=(0, 1, 2),
                              keepdims=True))
   assert got.shape == (1, 1, 1, 3)
   np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
-def test_optimal_log_sigma_zero_error_floor_value_and_gradients():
+def test_optimal_log_sigma_zero_error_tiny_floor_value_and_gradients():
   x = jnp.asarray(np.linspace(0, 1, 12, dtype=np.float32).reshape(2, 6))
   floor = 0.5 * math.log(F32_TINY)  # documented: variance floored at tiny
-  ls = losses.optimal_log_sigma(x, x)
+  ls = losses.optimal_log_sigma(x, x, log_sigma_min=None)
   assert np.isfinite(ls).all()
   np.testing.assert_allclose(np.asarray(ls), floor, rtol=1e-6)
   # Gradients w.r.t. data and mean are finite (and zero) at zero error.
-  grads = jax.jit(jax.grad(lambda a, b: losses.optimal_log_sigma(a, b).sum(),
+  grads = jax.jit(jax.grad(lambda a, b: losses.optimal_log_sigma(a, b, log_sigma_min=None).sum(),
                            argnums=(0, 1)))(x, x)
   for g in grads:
     assert np.all(np.isfinite(np.asarray(g)))
@@ -179,11 +181,11 @@ def test_optimal_log_sigma_zero_error_floor_value_and_gradients():
   # gradients, when one image is reconstructed perfectly.
   mean = x.at[1].add(0.05)
   def rec(m):
-    ls = losses.optimal_log_sigma(x, m, axis=1)
+    ls = losses.optimal_log_sigma(x, m, axis=1, log_sigma_min=None)
     return losses.gaussian_nll(x, m, ls).sum()
   val, g = jax.jit(jax.value_and_grad(rec))(mean)
   assert np.isfinite(val) and np.all(np.isfinite(np.asarray(g)))
-  per_image = np.asarray(losses.optimal_log_sigma(x, mean, axis=1))[:, 0]
+  per_image = np.asarray(losses.optimal_log_sigma(x, mean, axis=1, log_sigma_min=None))[:, 0]
   np.testing.assert_allclose(per_image[0], floor, rtol=1e-6)
   np.testing.assert_allclose(per_image[1], math.log(0.05), rtol=1e-5)
 
@@ -192,7 +194,7 @@ def test_optimal_log_sigma_exact_above_floor():
   # A tiny but representable error is not affected by the floor.
   x = np.zeros((4,), np.float32)
   mean = np.full((4,), 1e-12, np.float32)
-  got = float(losses.optimal_log_sigma(x, mean)[0])
+  got = float(losses.optimal_log_sigma(x, mean, log_sigma_min=None)[0])
   np.testing.assert_allclose(got, math.log(float(np.float32(1e-12))),
                              rtol=1e-6)
 

@@ -35,8 +35,9 @@ def test_losses_module_imports_only_allowed_modules():
       imported.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom):
       imported.add(node.module)
-  assert imported <= {"__future__", "math", "chex", "jax", "jax.numpy",
-                      "numpy"}, imported
+  # JAX, chex, numpy and the standard library's math/dataclasses/typing only.
+  assert imported <= {"__future__", "math", "dataclasses", "typing", "chex", "jax",
+                      "jax.numpy", "numpy"}, imported
 
 
 def test_import_does_not_load_tensorflow_or_torch_and_is_fast():
