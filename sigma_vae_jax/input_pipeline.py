@@ -467,6 +467,11 @@ class DataSource:
   def is_video(self) -> bool:
     return bool(getattr(self._backend, "video", False))
 
+  @property
+  def video_frames(self) -> int | None:
+    """Frames per video of video datasets (bair: 30); None for the others."""
+    return getattr(self._backend, "video_frames", None)
+
   def load_clips(self, split: str, clip_length: int | None = None, *,
                  stride: int | None = None, max_videos: int | None = None,
                  selection: str | None = None) -> np.ndarray:
