@@ -173,14 +173,14 @@ def check_images(images: np.ndarray, *, expected_shape=None) -> None:
       raise ValueError(f"Expected {form}; got shape {tuple(images.shape)}.")
 
 
-def clip_starts(num_frames: int, clip_length: int,
-                selection: str = DEFAULT_CLIP_SELECTION, *,
+def clip_starts(num_frames: int, clip_length: int, selection: str = "windows", *,
                 stride: int | None = None) -> np.ndarray:
   """First frame of each clip of `clip_length` consecutive frames of a video of
   `num_frames` frames, int [K] in video order: the one rule every clip path uses.
 
-  selection "first": [0] (the SVG reference trains on frames 0..L-1 of each video);
-  "windows": 0, s, 2s, ... while the clip fits, s = `stride` (default L: non-overlapping).
+  selection "first": [0] (the SVG reference trains on frames 0..L-1 of each video; the
+  data sources' default, `dataset.clip_selection`); "windows": 0, s, 2s, ... while the
+  clip fits, s = `stride` (default L: non-overlapping).
   """
   if selection not in CLIP_SELECTIONS:
     raise ValueError(f"`dataset.clip_selection`={selection!r} must be one of "
