@@ -132,12 +132,17 @@ def test_extract_clips_and_clips_dataset():
 _BAIR_VIDEOS, _BAIR_FRAMES = 3, 30
 
 
+TEST_OFFSET = 128  # added to the frame values of the test split
+
+
 def _numbered_bair(self, split, decoders=None, read_config=None, **kwargs):
-  """`as_dataset_fn` for tfds.testing.mock_data: 3 BAIR videos (both splits) whose frame
-  t of video v is the constant image v * 30 + t on camera image_aux1 and 255 minus it
-  on image_main (PNG-encoded as TFDS stores them), so a frame's value names it."""
-  del self, split, decoders, read_config, kwargs
-  ids = np.arange(_BAIR_VIDEOS * _BAIR_FRAMES).reshape(_BAIR_VIDEOS, _BAIR_FRAMES)
+  """`as_dataset_fn` for tfds.testing.mock_data: 3 BAIR videos per split whose frame t
+  of video v is the constant image v * 30 + t (+ TEST_OFFSET in the test split) on
+  camera image_aux1 and 255 minus it on image_main (PNG-encoded as TFDS stores them),
+  so a frame's value names its split, video, frame and camera."""
+  del self, decoders, read_config, kwargs
+  offset = TEST_OFFSET if "test" in str(split) else 0
+  ids = offset + np.arange(_BAIR_VIDEOS * _BAIR_FRAMES).reshape(_BAIR_VIDEOS, _BAIR_FRAMES)
 
   def encoded(values):
     return tf.stack([tf.stack([tf.io.encode_png(np.full((64, 64, 3), v, np.uint8))
@@ -162,10 +167,10 @@ def _bair_config(**fields):
 def test_bair_reads_the_reference_camera_image_aux1():
   with tfds.testing.mock_data(as_dataset_fn=_numbered_bair):
     frames = ip.get_data_source(_load_config("bair.py").dataset).load_split("test")
-    np.testing.assert_array_equal(_frame_ids(frames[None])[0], np.arange(90))
+    np.testing.assert_array_equal(_frame_ids(frames[None])[0], TEST_OFFSET + np.arange(90))
     config = _load_config("bair.py")
     config.dataset.bair_view = "image_main"
-    other = ip.get_data_source(config.dataset).load_split("test")
+    other = ip.get_data_source(config.dataset).load_split("train")
     np.testing.assert_array_equal(_frame_ids(other[None])[0], 255 - np.arange(90))
     config.dataset.bair_view = "image_aux2"
     with pytest.raises(ValueError, match="dataset.bair_view"):
@@ -185,10 +190,11 @@ def test_clip_selection_is_the_same_on_every_path(selection, expected, tmp_path)
     source = ip.get_data_source(_bair_config(clip_selection=selection))
     assert source.image_shape == (12, 64, 64, 3)
     assert source.num_examples == {"train": len(expected), "test": len(expected)}
-    for split in ("train", "test"):
+    expected_test = (np.asarray(expected) + TEST_OFFSET).tolist()
+    for split, want in (("train", expected), ("test", expected_test)):
       stream = np.concatenate(list(source.batch_iterator(
           split, 2, seed=0, shuffle=False, repeat=False, process_index=0, process_count=1)))
-      assert _frame_ids(stream).tolist() == expected, split
+      assert _frame_ids(stream).tolist() == want, split
     shuffled = np.concatenate(list(source.batch_iterator(
         "train", 2, seed=3, shuffle=True, repeat=False, process_index=0, process_count=1)))
     assert sorted(_frame_ids(shuffled).tolist()) == expected
@@ -196,9 +202,9 @@ def test_clip_selection_is_the_same_on_every_path(selection, expected, tmp_path)
         "train", 1, seed=0, shuffle=True, repeat=True, process_index=0, process_count=1),
         len(expected)))
     assert sorted(_frame_ids(repeated).tolist()) == expected  # one epoch: each clip once
-    assert _frame_ids(source.load_split("test")).tolist() == expected
-    assert _frame_ids(source.load_clips("test")).tolist() == expected
-    videos = source.load_clips("test", 30, selection="first")
+    assert _frame_ids(source.load_split("test")).tolist() == expected_test
+    assert _frame_ids(source.load_clips("test")).tolist() == expected_test
+    videos = source.load_clips("train", 30, selection="first")
   # The in-memory path (numpy_videos) on the same videos: each split's clips are those
   # of its videos, in video order.
   np.save(tmp_path / "v.npy", videos)

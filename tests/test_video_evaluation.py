@@ -343,11 +343,11 @@ def test_script_end_to_end(run, tmp_path, capsys):
 
 def test_script_reads_the_reference_protocol_on_bair():
   """Defaults: the reference's protocol (256 videos, 100 samples, batches of 100); on
-  BAIR (hand-numbered mock videos: frame t of video v is the value v * 30 + t) whole
-  30-frame test videos for prediction and, for the ELBO, the training clips: the first
-  12 frames of each video."""
+  BAIR (hand-numbered mock videos: frame t of test video v is the value 128 + v * 30 +
+  t) whole 30-frame test videos for prediction and, for the ELBO, the training clips:
+  the first 12 frames of each test video."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from test_input_pipeline import _frame_ids, _numbered_bair  # pylint: disable=g-import-not-at-top
+  from test_input_pipeline import TEST_OFFSET, _frame_ids, _numbered_bair  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   script = _load_script()
   args = script.parse_args(["--workdir=w"])
@@ -363,8 +363,11 @@ def test_script_reads_the_reference_protocol_on_bair():
   with tfds.testing.mock_data(as_dataset_fn=_numbered_bair):
     source = input_pipeline.get_data_source(config.dataset)
     videos, clips = script._test_data(source, config, 2, None)
-  assert _frame_ids(videos).tolist() == [[v * 30 + t for t in range(30)] for v in range(2)]
-  assert _frame_ids(clips).tolist() == [[v * 30 + t for t in range(12)] for v in range(2)]
+  # The test split's videos (frame values offset by TEST_OFFSET), never the train split's.
+  assert _frame_ids(videos).tolist() == [[TEST_OFFSET + v * 30 + t for t in range(30)]
+                                         for v in range(2)]
+  assert _frame_ids(clips).tolist() == [[TEST_OFFSET + v * 30 + t for t in range(12)]
+                                        for v in range(2)]
 
 
 def test_script_help_and_one_line_errors(tmp_path):
