@@ -464,15 +464,14 @@ def evaluate_elbo_per_frame(trainer, state, clips: np.ndarray, batch_size: int =
 
 
 def _cyclic_batches(trainer, clips: np.ndarray, batch_size: int):
-  """(first row, sharded uint8 batch, number of valid rows) per batch; the last one is filled
-  with clips from the start of the set, not zeros: with batch-statistics
-  normalisation (svg_lp's norm="batch") a clip's samples depend on the rest of its
-  batch, and zero clips would shift those statistics."""
+  """(first row, sharded uint8 batch, number of valid rows) per batch of
+  `trainer.padded_batches`: the last one is filled with clips from the start of the
+  set, not zeros (with batch-statistics normalisation, svg_lp's norm="batch", a clip's
+  samples depend on the rest of its batch)."""
   batch_size = _batch_size_for(trainer, batch_size)
-  n = len(clips)
-  for start in range(0, n, batch_size):
-    rows = np.arange(start, start + batch_size) % n
-    yield start, trainer.shard_batch(np.asarray(clips[rows])), min(batch_size, n - start)
+  for i, (batch, mask) in enumerate(trainer_lib.padded_batches(np.asarray(clips),
+                                                               batch_size)):
+    yield i * batch_size, trainer.shard_batch(batch), int(mask.sum())
 
 
 def _check_clips(trainer, clips: np.ndarray) -> int:
