@@ -126,6 +126,18 @@ def test_per_frame_elbo_sums_to_the_clip_elbo(run):
   assert per_frame["rec"][0] != per_frame["rec"][-1]
 
 
+def test_padded_batches_fill_with_real_rows_by_hand():
+  data = np.arange(10, dtype=np.uint8)[:, None] + 1  # row i holds i + 1 (never 0)
+  batches = list(trainer_lib.padded_batches(data, 4))
+  assert [b[:, 0].tolist() for b, _ in batches] == [[1, 2, 3, 4], [5, 6, 7, 8],
+                                                     [9, 10, 1, 2]]
+  assert [m.tolist() for _, m in batches] == [[True] * 4, [True] * 4,
+                                              [True, True, False, False]]
+  # Fewer rows than a batch: repeated cyclically.
+  (b, m), = trainer_lib.padded_batches(data[:3], 8)
+  assert b[:, 0].tolist() == [1, 2, 3, 1, 2, 3, 1, 2] and m.sum() == 3
+
+
 def test_padding_never_reaches_batch_statistics(run):
   """svg_lp normalises with batch statistics (norm="batch"), so a clip's ELBO depends on
   its batch. 10 clips in batches of 4: every evaluation path must give the clips the
