@@ -1,12 +1,12 @@
 """BAIR robot pushing (TFDS `bair_robot_pushing_small`: 43,264 train / 256 test videos
-of 30 frames, 64x64x3).
+of 30 frames, 64x64x3), camera `image_aux1` as the SVG reference reads it
+(`dataset.bair_view="image_main"` for the other one).
 
-Until the sequential (SVG) model exists, the conv VAE learns single frames: the data
-source yields the frames of the videos as images (1,297,920 train / 7,680 test). It
-streams through tf.data (`dataset.on_device=False`; the train frames are ~16 GB as
-uint8). `dataset.clip_length` is the length of the consecutive-frame clips that
-`DataSource.load_clips` / `input_pipeline.extract_clips` give the future sequential
-model.
+For the conv VAE the data source yields the frames of the videos as images (1,297,920
+train / 7,680 test). It streams through tf.data (`dataset.on_device=False`; the train
+frames are ~16 GB as uint8). The SVG-LP configs (`bair_svg.py`) set `dataset.as_clips`
+instead: examples are clips of `dataset.clip_length` frames, by default the first
+frames of each video (`dataset.clip_selection`).
 """
 
 from sigma_vae_jax import default_config

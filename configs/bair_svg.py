@@ -13,8 +13,13 @@ the reference's loss covers every frame after the first, the second context fram
 included) and pixels, plus the KL(q || p) summed over the 11 steps and the 64 latents.
 Its original mean-squared-error objective is `configs/bair_svg_original.py`.
 
-`dataset.clip_length` follows model.n_past + model.n_future (overriding either updates
-it). Other decoders: `--config.decoder.name=...`; one sigma per frame:
+Data as the reference's (`data/convert_bair.py`, `data/bair.py`): camera `image_aux1`;
+each training example is the first 12 frames (0..11) of a video, so every clip starts
+at its episode's start (`dataset.clip_selection="windows"`: every non-overlapping
+window, 0-11 and 12-23, instead); the eval ELBO during training scores the first 12
+frames of each test video the same way; scripts/evaluate_video.py predicts whole
+30-frame test videos. `dataset.clip_length` follows model.n_past + model.n_future
+(overriding either updates it). Other decoders: `--config.decoder.name=...`; one sigma per frame:
 `--config.decoder.sigma_axes="(0, 2, 3, 4)"`; per clip: `optimal_sigma_per_image`.
 """
 

@@ -156,7 +156,9 @@ def upgrade_config_dict(saved: dict) -> dict:
 
   Earlier versions had no `model.name` (always the conv VAE) and spelled
   `model.conv_impl` as three flags (`fast_encoder`, `fast_upsample`,
-  `fast_output`): all True is "fast", anything else "xla" (the same function).
+  `fast_output`): all True is "fast", anything else "xla" (the same function); and
+  no `dataset.bair_view` / `dataset.clip_selection` (BAIR's "image_main" camera,
+  clips of every window).
   """
   saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
   model = saved.setdefault("model", {})
@@ -164,6 +166,13 @@ def upgrade_config_dict(saved: dict) -> dict:
   legacy = [model.pop(flag) for flag in _LEGACY_CONV_FLAGS if flag in model]
   if legacy and "conv_impl" not in model:
     model["conv_impl"] = "fast" if all(legacy) else "xla"
+  dataset = saved.get("dataset")
+  if isinstance(dataset, dict) and "bair_view" not in dataset:
+    # Runs written before these fields read BAIR's main camera and every
+    # non-overlapping window (numpy_videos too); their evaluation keeps reading that.
+    dataset.setdefault("clip_selection", "windows")
+    if dataset.get("name") == "bair":
+      dataset["bair_view"] = "image_main"
   return saved
 
 

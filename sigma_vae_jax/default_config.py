@@ -44,6 +44,12 @@ def get_config() -> ml_collections.ConfigDict:
   # bair: True makes each example a clip [clip_length, H, W, C] (video models such as
   # svg_lp); False, single frames (image models).
   config.dataset.as_clips = False
+  # Which clips of clip_length frames each video gives (bair with as_clips,
+  # numpy_videos): "first", its first clip_length frames only (the SVG reference's
+  # BAIR training examples), or "windows", every non-overlapping window.
+  config.dataset.clip_selection = "first"
+  # bair: the camera, "image_aux1" (the SVG reference's) or "image_main".
+  config.dataset.bair_view = "image_aux1"
 
   # The model family (`models.MODELS`) and its fields: the paper's small conv VAE.
   # configs/*_hvae.py and configs/bair_svg*.py replace this section.

@@ -15,7 +15,8 @@ with sigma^2 = beta).
 
 Video models (`trainer.num_context_frames` > 0, e.g. SVG-LP) also have the SVG papers'
 evaluation: the ELBO per predicted frame (`evaluate_elbo_per_frame`), best-of-N PSNR
-and SSIM per predicted frame of samples conditioned on the context frames
+and SSIM per predicted frame of samples conditioned on the context frames, the best
+sample chosen as the SVG reference chooses it and the per-frame maximum
 (`video_prediction_scores`) and the FID of predicted frames (`video_fid`);
 scripts/evaluate_video.py runs them on a workdir.
 
@@ -463,15 +464,14 @@ def evaluate_elbo_per_frame(trainer, state, clips: np.ndarray, batch_size: int =
 
 
 def _cyclic_batches(trainer, clips: np.ndarray, batch_size: int):
-  """(first row, sharded uint8 batch, number of valid rows) per batch; the last one is filled
-  with clips from the start of the set, not zeros: with batch-statistics
-  normalisation (svg_lp's norm="batch") a clip's samples depend on the rest of its
-  batch, and zero clips would shift those statistics."""
+  """(first row, sharded uint8 batch, number of valid rows) per batch of
+  `trainer.padded_batches`: the last one is filled with clips from the start of the
+  set, not zeros (with batch-statistics normalisation, svg_lp's norm="batch", a clip's
+  samples depend on the rest of its batch)."""
   batch_size = _batch_size_for(trainer, batch_size)
-  n = len(clips)
-  for start in range(0, n, batch_size):
-    rows = np.arange(start, start + batch_size) % n
-    yield start, trainer.shard_batch(np.asarray(clips[rows])), min(batch_size, n - start)
+  for i, (batch, mask) in enumerate(trainer_lib.padded_batches(np.asarray(clips),
+                                                               batch_size)):
+    yield i * batch_size, trainer.shard_batch(batch), int(mask.sum())
 
 
 def _check_clips(trainer, clips: np.ndarray) -> int:
@@ -486,34 +486,40 @@ def _check_clips(trainer, clips: np.ndarray) -> int:
 
 def video_prediction_scores(trainer, state, clips: np.ndarray, rng: jax.Array,
                             num_samples: int = 100, batch_size: int = 100,
-                            temperature: float = 1.0) -> dict:
-  """Best-of-N PSNR and SSIM per predicted frame, as the SVG papers evaluate.
+                            temperature: float = 1.0,
+                            ssim_kind: str = video_metrics.DEFAULT_SSIM_KIND) -> dict:
+  """Best-of-N PSNR and SSIM per predicted frame, as the SVG reference evaluates.
 
   For each uint8 clip [N, T, H, W, C], `num_samples` continuations are drawn with
   `trainer.sample` conditioned on its first `trainer.num_context_frames` frames (the
-  likelihood's mean frames, fed back), and each predicted frame keeps the best score
-  over the draws (`video_metrics`: PSNR in dB with data range 1, SSIM with the 11x11
-  Gaussian window; frames must be at least 11x11). Scored frames are the clip's
-  frames num_context .. num_context + F - 1 with F = min(frames the model generates,
+  likelihood's mean frames, fed back) and every predicted frame is scored
+  (`video_metrics`: PSNR in dB with data range 1, SSIM of `ssim_kind`, by default the
+  reference's skimage defaults). Two readings of "best of N" (`video_metrics.update_best`):
+  the reference's, the one sample per clip with the highest SSIM averaged over the
+  predicted frames (its per-frame scores: "psnr", "ssim"), and the per-frame maximum
+  over samples ("psnr_max", "ssim_max", higher). Scored frames are the clip's frames
+  num_context .. num_context + F - 1 with F = min(frames the model generates,
   T - num_context). Clips are drawn in batches of different clips (one draw each per
-  call, as the reference: batch statistics are over other clips); draw k of batch i
-  uses the key fold_in(fold_in(rng, i), k), so the first draws do not depend on
-  num_samples and best-of-N never decreases with N. Memory holds one draw per batch
-  and the running best, never N draws.
+  call, as the reference: batch statistics are over other clips; the last batch is
+  filled with clips from the start of the set); draw k of batch i uses the key
+  fold_in(fold_in(rng, i), k), so the first draws do not depend on num_samples and
+  the per-frame maximum never decreases with N. Memory holds one draw per batch and
+  the running best, never N draws.
 
-  Returns {"frame": int [F] (0-based clip frame indices), "psnr", "ssim": float64
-  [F] means over clips of the best-of-N scores, "psnr_per_clip", "ssim_per_clip":
-  [N_clips, F], "num_samples"}.
+  Returns {"frame": int [F] (0-based clip frame indices), "psnr", "ssim", "psnr_max",
+  "ssim_max": float64 [F] means over clips, "<key>_per_clip": [N_clips, F] for each,
+  "num_samples", "ssim_kind"}.
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1; got {num_samples}")
   num_context = _check_clips(trainer, clips)
+  window = video_metrics.ssim_window_size(ssim_kind)
   h, w = clips.shape[2:4]
-  if min(h, w) < video_metrics.WINDOW_SIZE:
-    raise ValueError(f"video prediction: SSIM's {video_metrics.WINDOW_SIZE}x"
-                     f"{video_metrics.WINDOW_SIZE} window needs frames of at least that "
-                     f"size; got {h}x{w}")
-  per_clip = {"psnr": [], "ssim": []}
+  if min(h, w) < window:
+    raise ValueError(f"video prediction: SSIM's {window}x{window} window ({ssim_kind!r}) "
+                     f"needs frames of at least that size; got {h}x{w}")
+  keys = ("psnr", "ssim", "psnr_max", "ssim_max")
+  per_clip = {k: [] for k in keys}
   for i, (_, batch, n) in enumerate(_cyclic_batches(trainer, clips, batch_size)):
     context = batch[:, :num_context]
     batch_key = jax.random.fold_in(rng, i)
@@ -524,13 +530,15 @@ def video_prediction_scores(trainer, state, clips: np.ndarray, rng: jax.Array,
       if best is None:  # the frames the model generates, within the clip
         num_frames = min(frames.shape[1], clips.shape[1] - num_context)
         target = input_pipeline.to_float(batch[:, num_context:num_context + num_frames])
-      best = video_metrics.update_best(best, target, frames[:, :num_frames])
-    for key, value in jax.device_get(best).items():
-      per_clip[key].append(np.asarray(value, np.float64)[:n])
+      best = video_metrics.update_best(best, target, frames[:, :num_frames], ssim_kind)
+    best = jax.device_get(best)
+    for key in keys:
+      per_clip[key].append(np.asarray(best[key], np.float64)[:n])
   result = {f"{k}_per_clip": np.concatenate(v) for k, v in per_clip.items()}
   result.update({k: result[f"{k}_per_clip"].mean(axis=0) for k in per_clip})
   result["frame"] = np.arange(num_context, num_context + num_frames)
   result["num_samples"] = num_samples
+  result["ssim_kind"] = ssim_kind
   return result
 
 

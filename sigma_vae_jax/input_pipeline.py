@@ -29,7 +29,8 @@ Optional `config.dataset` fields read here (with their defaults when absent):
 `center_crop` (None: square centre crop in pixels before resizing), `shuffle_buffer`
 (10_000), `manual_dir` (None: TFDS's `<data_dir>/downloads/manual`), `download`
 (True: frey_face may download its file), `clip_length` (12: frames per clip for
-`DataSource.load_clips`, video datasets).
+`DataSource.load_clips`, video datasets), `clip_selection` ("first": which clips of
+each video, see `clip_starts`), `bair_view` ("image_aux1": BAIR's camera).
 """
 
 from __future__ import annotations
@@ -125,9 +126,18 @@ _TFDS_SPECS: dict[str, _TfdsSpec] = {
     "cifar10": _TfdsSpec("cifar10", "image", {"train": "train", "test": "test"}),
     "celeba": _TfdsSpec("celeb_a", "image", {"train": "train", "test": "test"}),
     "frey_face": _TfdsSpec("frey_face", "image", None, local=True),
-    "bair": _TfdsSpec("bair_robot_pushing_small", "image_main",
+    # The camera the SVG reference reads (`data/convert_bair.py`: '<t>/image_aux1/encoded');
+    # `dataset.bair_view` picks the other one.
+    "bair": _TfdsSpec("bair_robot_pushing_small", "image_aux1",
                       {"train": "train", "test": "test"}, video=True),
 }
+# BAIR's two cameras (TFDS feature names); the first is the SVG reference's.
+BAIR_VIEWS: tuple[str, ...] = ("image_aux1", "image_main")
+# Which clips of clip_length frames a video gives (`clip_starts`): "first", the first
+# clip_length frames only (the SVG reference's `data/bair.py`: every training example
+# starts at its episode's start), or "windows", every non-overlapping window.
+CLIP_SELECTIONS: tuple[str, ...] = ("first", "windows")
+DEFAULT_CLIP_SELECTION = "first"
 
 
 # ----------------------------------------------------------------------------------
@@ -165,43 +175,53 @@ def check_images(images: np.ndarray, *, expected_shape=None) -> None:
       raise ValueError(f"Expected {form}; got shape {tuple(images.shape)}.")
 
 
-def extract_clips(videos: np.ndarray, clip_length: int, *,
-                  stride: int | None = None) -> np.ndarray:
+def clip_starts(num_frames: int, clip_length: int, selection: str = "windows", *,
+                stride: int | None = None) -> np.ndarray:
+  """First frame of each clip of `clip_length` consecutive frames of a video of
+  `num_frames` frames, int [K] in video order: the one rule every clip path uses.
+
+  selection "first": [0] (the SVG reference trains on frames 0..L-1 of each video; the
+  data sources' default, `dataset.clip_selection`); "windows": 0, s, 2s, ... while the
+  clip fits, s = `stride` (default L: non-overlapping).
+  """
+  if selection not in CLIP_SELECTIONS:
+    raise ValueError(f"`dataset.clip_selection`={selection!r} must be one of "
+                     f"{', '.join(CLIP_SELECTIONS)}.")
+  stride = clip_length if stride is None else int(stride)
+  if not 1 <= clip_length <= num_frames or stride < 1:
+    raise ValueError(f"`dataset.clip_length`={clip_length} (stride {stride}) must be in "
+                     f"[1, {num_frames}] (frames per video).")
+  if selection == "first":
+    return np.zeros(1, np.int64)
+  return np.arange(0, num_frames - clip_length + 1, stride)
+
+
+def extract_clips(videos: np.ndarray, clip_length: int, *, stride: int | None = None,
+                  selection: str = "windows") -> np.ndarray:
   """Consecutive-frame clips: [N, T, H, W, C] (or [T, H, W, C]) -> [N*K, L, H, W, C].
 
-  Clips of `clip_length` (L) consecutive frames start every `stride` frames (default
-  L: non-overlapping); K = (T - L) // stride + 1 clips per video, in video order.
+  The K clips of each video start at `clip_starts(T, L, selection, stride=stride)`
+  (default: every non-overlapping window), videos in order, each video's clips in order.
   """
   videos = np.asarray(videos)
   if videos.ndim == 4:
     videos = videos[None]
   if videos.ndim != 5:
     raise ValueError(f"Expected videos [N, T, H, W, C]; got shape {videos.shape}.")
-  t = videos.shape[1]
-  stride = clip_length if stride is None else stride
-  if not 1 <= clip_length <= t or stride < 1:
-    raise ValueError(f"`dataset.clip_length`={clip_length} (stride {stride}) must be in "
-                     f"[1, {t}] (frames per video).")
-  starts = np.arange(0, t - clip_length + 1, stride)
+  starts = clip_starts(videos.shape[1], clip_length, selection, stride=stride)
   idx = starts[:, None] + np.arange(clip_length)[None, :]  # [K, L]
   clips = videos[:, idx]  # [N, K, L, H, W, C]
   return clips.reshape((-1, clip_length) + videos.shape[2:])
 
 
-def clips_dataset(videos: tf.data.Dataset, clip_length: int, *,
-                  stride: int | None = None) -> tf.data.Dataset:
-  """tf.data version of `extract_clips`: a dataset of videos [T, ...] -> clips [L, ...]."""
-  stride = clip_length if stride is None else stride
-  if clip_length < 1 or stride < 1:
-    raise ValueError(f"`dataset.clip_length`={clip_length} and stride={stride} must be >= 1.")
-
-  def to_clips(video):
-    t = tf.shape(video)[0]
-    starts = tf.range(0, t - clip_length + 1, stride)
-    idx = starts[:, None] + tf.range(clip_length)[None, :]
-    return tf.data.Dataset.from_tensor_slices(tf.gather(video, idx))
-
-  return videos.flat_map(to_clips)
+def clips_dataset(videos: tf.data.Dataset, clip_length: int, *, stride: int | None = None,
+                  selection: str = "windows", num_frames: int) -> tf.data.Dataset:
+  """tf.data version of `extract_clips`: a dataset of videos [T, ...] (T = num_frames)
+  -> clips [L, ...], the same clips in the same order."""
+  starts = clip_starts(num_frames, clip_length, selection, stride=stride)
+  idx = tf.constant(starts[:, None] + np.arange(clip_length)[None, :], tf.int32)  # [K, L]
+  return videos.flat_map(lambda video: tf.data.Dataset.from_tensor_slices(
+      tf.gather(video, idx)))
 
 
 # ----------------------------------------------------------------------------------
@@ -449,18 +469,28 @@ class DataSource:
   def is_video(self) -> bool:
     return bool(getattr(self._backend, "video", False))
 
-  def load_clips(self, split: str, clip_length: int | None = None, *,
-                 stride: int | None = None, max_videos: int | None = None) -> np.ndarray:
-    """Video datasets (bair): clips uint8 [N*K, L, H, W, C] of consecutive frames.
+  @property
+  def video_frames(self) -> int | None:
+    """Frames per video of video datasets (bair: 30); None for the others."""
+    return getattr(self._backend, "video_frames", None)
 
-    `clip_length` defaults to `dataset.clip_length`; see `extract_clips`.
+  def load_clips(self, split: str, clip_length: int | None = None, *,
+                 stride: int | None = None, max_videos: int | None = None,
+                 selection: str | None = None) -> np.ndarray:
+    """Video datasets (bair): clips uint8 [N*K, L, H, W, C] of consecutive frames of
+    the first `max_videos` videos (all: None) in the split's order.
+
+    `clip_length` and `selection` default to `dataset.clip_length` and
+    `dataset.clip_selection` (the clips the model trains on); see `clip_starts`.
+    `load_clips(split, T, selection="first")` gives whole videos [N, T, H, W, C].
     """
     self._check_split(split)
     if not self.is_video:
       raise ValueError(f"Dataset {self.name!r} has no videos; clips exist for 'bair'.")
     length = self._backend.clip_length if clip_length is None else clip_length
+    selection = self._backend.clip_selection if selection is None else selection
     videos = self._backend.load_videos(split, max_videos=max_videos)
-    return extract_clips(videos, int(length), stride=stride)
+    return extract_clips(videos, int(length), stride=stride, selection=selection)
 
 
 class _ArrayBackend:
@@ -508,12 +538,14 @@ class _TfdsBackend:
   """A TFDS builder streamed with tf.data (shuffle encoded, skip, then decode)."""
 
   def __init__(self, builder, spec: _TfdsSpec, preprocess: _Preprocess,
-               shuffle_buffer: int, clip_length: int, as_clips: bool = False):
+               shuffle_buffer: int, clip_length: int, as_clips: bool = False,
+               clip_selection: str = DEFAULT_CLIP_SELECTION):
     self._builder = builder
     self._spec = spec
     self._buffer = int(shuffle_buffer)
     self.video = spec.video
     self.clip_length = clip_length
+    self.clip_selection = clip_selection
     # Examples are clips of clip_length consecutive frames (video models), not frames.
     self.as_clips = bool(as_clips and spec.video)
     self._feature = builder.info.features[spec.image_key]
@@ -526,8 +558,9 @@ class _TfdsBackend:
       if self.as_clips and not 1 <= clip_length <= video_frames:
         raise ValueError(f"`dataset.clip_length`={clip_length} must be in [1, "
                          f"{video_frames}] (frames per {spec.tfds_name} video).")
-      # Examples per video: its frames, or its non-overlapping clips.
-      self.frames = video_frames // clip_length if self.as_clips else video_frames
+      # Examples per video: its frames, or its clips (`clip_starts`).
+      self.frames = (len(clip_starts(video_frames, clip_length, clip_selection))
+                     if self.as_clips else video_frames)
     else:
       self.frames = 1
     self._units = {s: self._count(t) for s, t in spec.splits.items()}
@@ -582,7 +615,9 @@ class _TfdsBackend:
       if shuffle_seed is not None:  # Videos first, then frames (they are correlated).
         ds = ds.shuffle(max(1, self._buffer // self.frames), seed=shuffle_seed,
                         reshuffle_each_iteration=False)
-      ds = clips_dataset(ds, self.clip_length) if self.as_clips else ds.unbatch()
+      ds = (clips_dataset(ds, self.clip_length, selection=self.clip_selection,
+                          num_frames=self.video_frames)
+            if self.as_clips else ds.unbatch())
     if shuffle_seed is not None:
       ds = ds.shuffle(self._buffer, seed=shuffle_seed + 1, reshuffle_each_iteration=False)
     return ds
@@ -784,7 +819,8 @@ def _video_holdout_source(name: str, videos: np.ndarray, cfg, pre: _Preprocess,
                           origin: str = "") -> DataSource:
   """Videos [N, T, H, W, C]: a seeded fraction of the *videos* held out (no clip of a
   test video is trained on), each split cut into non-overlapping clips of
-  `dataset.clip_length` frames (default: whole videos)."""
+  `dataset.clip_length` frames (default: whole videos) chosen by
+  `dataset.clip_selection` (`clip_starts`)."""
   n, t = videos.shape[:2]
   preprocessing = pre.describe(videos.shape[2:])
   frames = pre.simplified(videos.shape[2:]).np_apply(videos.reshape((-1,) + videos.shape[2:]))
@@ -792,14 +828,20 @@ def _video_holdout_source(name: str, videos: np.ndarray, cfg, pre: _Preprocess,
   length = int(_get(cfg, "clip_length", t))
   fraction = _get(cfg, "test_fraction", 0.1)
   idx = holdout_indices(n, fraction)
-  splits = {s: extract_clips(videos[idx[s]], length) for s in _SPLITS}
-  clips = (f"non-overlapping clips of dataset.clip_length={length} of the {t} frames "
+  selection = _get(cfg, "clip_selection", DEFAULT_CLIP_SELECTION)
+  splits = {s: extract_clips(videos[idx[s]], length, selection=selection)
+            for s in _SPLITS}
+  clips = (f"{_clips_text(selection)} of dataset.clip_length={length} of the {t} frames "
            f"of each video")
   return DataSource(name=name, image_shape=tuple(int(x) for x in splits["train"].shape[1:]),
                     num_examples={s: len(v) for s, v in splits.items()},
                     _backend=_ArrayBackend(splits), _origin=origin,
                     _preprocessing=", ".join(p for p in (clips, preprocessing) if p),
                     _split=_split_note(len(idx["test"]), n, fraction, " videos"))
+
+
+def _clips_text(selection: str) -> str:
+  return {"first": "the first clip", "windows": "non-overlapping clips"}[selection]
 
 
 def load_numpy_videos(path: str) -> np.ndarray:
@@ -873,6 +915,13 @@ def get_data_source(dataset_config) -> DataSource:
                            origin=f"{len(images):,} image files found under {path}")
 
   spec = _TFDS_SPECS[name]
+  if name == "bair":
+    view = _get(dataset_config, "bair_view", BAIR_VIEWS[0])
+    if view not in BAIR_VIEWS:
+      raise ValueError(f"`dataset.bair_view`={view!r} must be one of "
+                       f"{', '.join(BAIR_VIEWS)} (the camera; the SVG reference's is "
+                       f"{BAIR_VIEWS[0]}).")
+    spec = dataclasses.replace(spec, image_key=view)
   builder = _make_builder(name, spec, dataset_config)
   shuffle_buffer = int(_get(dataset_config, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
   clip_length = int(_get(dataset_config, "clip_length", DEFAULT_CLIP_LENGTH))
@@ -883,13 +932,20 @@ def get_data_source(dataset_config) -> DataSource:
     # seeded fraction in memory.
     return _holdout_source(name, _load_in_source_order(builder, spec.image_key),
                            dataset_config, pre, origin=origin)
+  selection = _get(dataset_config, "clip_selection", DEFAULT_CLIP_SELECTION)
+  if selection not in CLIP_SELECTIONS:
+    raise ValueError(f"`dataset.clip_selection`={selection!r} must be one of "
+                     f"{', '.join(CLIP_SELECTIONS)}.")
   backend = _TfdsBackend(builder, spec, pre, shuffle_buffer, clip_length,
-                         as_clips=bool(_get(dataset_config, "as_clips", False)))
+                         as_clips=bool(_get(dataset_config, "as_clips", False)),
+                         clip_selection=selection)
   preprocessing = backend.preprocessing
   if backend.video:
     videos = " / ".join(f"{backend.units(s)[0]:,}" for s in _SPLITS)
-    preprocessing = ", ".join(p for p in (
-        f"from {videos} videos of {backend.video_frames} frames", preprocessing) if p)
+    what = f"from {videos} videos of {backend.video_frames} frames ({spec.image_key})"
+    if backend.as_clips:
+      what += f", {_clips_text(selection)} of {clip_length} frames of each"
+    preprocessing = ", ".join(p for p in (what, preprocessing) if p)
   return DataSource(
       name=name, image_shape=backend.example_shape(),
       num_examples={s: backend.units(s)[0] * backend.frames for s in _SPLITS},

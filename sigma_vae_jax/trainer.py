@@ -75,15 +75,20 @@ def make_mesh(devices=None) -> Mesh:
 
 def padded_batches(data: np.ndarray, batch_size: int
                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Fixed-size batches of an in-memory split; the last one zero-padded and masked."""
+  """Fixed-size batches (uint8 [batch_size, ...], bool mask [batch_size]) of an
+  in-memory split. The last one is filled with real examples from the start of the
+  split (cyclically) that the mask removes: never blank ones, because models that
+  normalise with batch statistics (svg_lp's norm="batch", as the SVG reference, also
+  at evaluation) score each example with the statistics of its whole batch, and
+  blank fillers would shift them. The masked sums of every evaluation path then
+  equal those of the same examples evaluated in exact batches."""
   n = len(data)
   for start in range(0, n, batch_size):
+    rows = np.arange(start, start + batch_size)
+    mask = rows < n
     chunk = data[start:start + batch_size]
-    mask = np.ones(batch_size, bool)
     if len(chunk) < batch_size:
-      mask[len(chunk):] = False
-      pad = np.zeros((batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)
-      chunk = np.concatenate([chunk, pad])
+      chunk = data[rows % n]
     yield chunk, mask
 
 

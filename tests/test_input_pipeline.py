@@ -91,12 +91,20 @@ def test_bair_clips_under_mock_data():
   with tfds.testing.mock_data(num_examples=2):
     source = ip.get_data_source(config.dataset)
     assert source.is_video
-    clips = source.load_clips("test")  # dataset.clip_length = 12: 2 clips per video.
-    assert clips.shape == (4, 12, 64, 64, 3) and clips.dtype == np.uint8
+    # dataset.clip_length = 12, clip_selection "first": one clip per video, its start.
+    clips = source.load_clips("test")
+    assert clips.shape == (2, 12, 64, 64, 3) and clips.dtype == np.uint8
     frames = source.load_split("test")
     np.testing.assert_array_equal(clips[0], frames[:12])
-    np.testing.assert_array_equal(clips[2], frames[30:42])
-    assert source.load_clips("test", 5, stride=5, max_videos=1).shape == (6, 5, 64, 64, 3)
+    np.testing.assert_array_equal(clips[1], frames[30:42])
+    windows = source.load_clips("test", selection="windows")
+    assert windows.shape == (4, 12, 64, 64, 3)
+    np.testing.assert_array_equal(windows[1], frames[12:24])
+    np.testing.assert_array_equal(windows[2], frames[30:42])
+    assert source.load_clips("test", 5, stride=5, max_videos=1,
+                             selection="windows").shape == (6, 5, 64, 64, 3)
+    whole = source.load_clips("test", 30, selection="first")
+    np.testing.assert_array_equal(whole.reshape(frames.shape), frames)
 
 
 def test_extract_clips_and_clips_dataset():
@@ -109,10 +117,105 @@ def test_extract_clips_and_clips_dataset():
   assert overlapping.shape == (10, 3, 2, 2, 1)
   np.testing.assert_array_equal(overlapping[4], videos[0, 4:7])
   from_tf = np.stack(list(tfds.as_numpy(ip.clips_dataset(
-      tf.data.Dataset.from_tensor_slices(videos), 3, stride=1))))
+      tf.data.Dataset.from_tensor_slices(videos), 3, stride=1, num_frames=7))))
   np.testing.assert_array_equal(from_tf, overlapping)
+  first = ip.extract_clips(videos, 3, selection="first")
+  np.testing.assert_array_equal(first, videos[:, 0:3])
   with pytest.raises(ValueError, match="clip_length"):
     ip.extract_clips(videos, 8)
+  with pytest.raises(ValueError, match="dataset.clip_selection"):
+    ip.extract_clips(videos, 3, selection="random")
+
+
+# --- BAIR as the SVG reference reads it: camera and clips ----------------------------
+
+_BAIR_VIDEOS, _BAIR_FRAMES = 3, 30
+
+
+TEST_OFFSET = 128  # added to the frame values of the test split
+
+
+def _numbered_bair(self, split, decoders=None, read_config=None, **kwargs):
+  """`as_dataset_fn` for tfds.testing.mock_data: 3 BAIR videos per split whose frame t
+  of video v is the constant image v * 30 + t (+ TEST_OFFSET in the test split) on
+  camera image_aux1 and 255 minus it on image_main (PNG-encoded as TFDS stores them),
+  so a frame's value names its split, video, frame and camera."""
+  del self, decoders, read_config, kwargs
+  offset = TEST_OFFSET if "test" in str(split) else 0
+  ids = offset + np.arange(_BAIR_VIDEOS * _BAIR_FRAMES).reshape(_BAIR_VIDEOS, _BAIR_FRAMES)
+
+  def encoded(values):
+    return tf.stack([tf.stack([tf.io.encode_png(np.full((64, 64, 3), v, np.uint8))
+                               for v in row]) for row in values])
+  return tf.data.Dataset.from_tensor_slices(
+      {"image_aux1": encoded(ids), "image_main": encoded(255 - ids)})
+
+
+def _frame_ids(clips):
+  """uint8 [N, L, 64, 64, 3] of constant frames -> int [N, L], each frame's value."""
+  clips = np.asarray(clips)
+  assert (clips == clips[..., :1, :1, :1]).all()  # constant frames
+  return clips[..., 0, 0, 0].astype(int)
+
+
+def _bair_config(**fields):
+  config = _load_config("bair_svg.py")
+  config.dataset.update(fields)
+  return config.dataset
+
+
+def test_bair_reads_the_reference_camera_image_aux1():
+  with tfds.testing.mock_data(as_dataset_fn=_numbered_bair):
+    frames = ip.get_data_source(_load_config("bair.py").dataset).load_split("test")
+    np.testing.assert_array_equal(_frame_ids(frames[None])[0], TEST_OFFSET + np.arange(90))
+    config = _load_config("bair.py")
+    config.dataset.bair_view = "image_main"
+    other = ip.get_data_source(config.dataset).load_split("train")
+    np.testing.assert_array_equal(_frame_ids(other[None])[0], 255 - np.arange(90))
+    config.dataset.bair_view = "image_aux2"
+    with pytest.raises(ValueError, match="dataset.bair_view"):
+      ip.get_data_source(config.dataset)
+
+
+# Clips by hand: video v's frame t is v * 30 + t; clips of 12 frames.
+_FIRST = [[v * 30 + t for t in range(12)] for v in range(3)]
+_WINDOWS = [[v * 30 + s + t for t in range(12)] for v in range(3) for s in (0, 12)]
+
+
+@pytest.mark.parametrize("selection,expected", [("first", _FIRST), ("windows", _WINDOWS)])
+def test_clip_selection_is_the_same_on_every_path(selection, expected, tmp_path):
+  """The TFDS stream (train and test, shuffled or not), load_clips (numpy on loaded
+  videos) and numpy_videos select exactly the clips listed by hand."""
+  with tfds.testing.mock_data(as_dataset_fn=_numbered_bair):
+    source = ip.get_data_source(_bair_config(clip_selection=selection))
+    assert source.image_shape == (12, 64, 64, 3)
+    assert source.num_examples == {"train": len(expected), "test": len(expected)}
+    expected_test = (np.asarray(expected) + TEST_OFFSET).tolist()
+    for split, want in (("train", expected), ("test", expected_test)):
+      stream = np.concatenate(list(source.batch_iterator(
+          split, 2, seed=0, shuffle=False, repeat=False, process_index=0, process_count=1)))
+      assert _frame_ids(stream).tolist() == want, split
+    shuffled = np.concatenate(list(source.batch_iterator(
+        "train", 2, seed=3, shuffle=True, repeat=False, process_index=0, process_count=1)))
+    assert sorted(_frame_ids(shuffled).tolist()) == expected
+    repeated = np.concatenate(_take(source.batch_iterator(
+        "train", 1, seed=0, shuffle=True, repeat=True, process_index=0, process_count=1),
+        len(expected)))
+    assert sorted(_frame_ids(repeated).tolist()) == expected  # one epoch: each clip once
+    assert _frame_ids(source.load_split("test")).tolist() == expected_test
+    assert _frame_ids(source.load_clips("test")).tolist() == expected_test
+    videos = source.load_clips("train", 30, selection="first")
+  # The in-memory path (numpy_videos) on the same videos: each split's clips are those
+  # of its videos, in video order.
+  np.save(tmp_path / "v.npy", videos)
+  numpy_source = ip.get_data_source(_config(
+      name="numpy_videos", path=os.fspath(tmp_path / "v.npy"), clip_length=12,
+      clip_selection=selection, test_fraction=0.34))
+  idx = ip.holdout_indices(3, 0.34)
+  for split in ("train", "test"):
+    per_video = len(expected) // 3
+    want = [c for i, c in enumerate(expected) if i // per_video in idx[split]]
+    assert _frame_ids(numpy_source.load_split(split)).tolist() == want, split
 
 
 def test_celeba_crop_then_resize_is_centred():
@@ -345,7 +448,7 @@ def test_description_says_where_from_how_many_and_how_split(tmp_path):
                          f"images of 4x4x1; test split: 100 of the 1,000 held out")
   np.save(tmp_path / "v.npy", _random_images(10, (6, 4, 4, 1)))
   text = ip.get_data_source(_config(name="numpy_videos", path=os.fspath(tmp_path / "v.npy"),
-                                    clip_length=3)).description()
+                                    clip_length=3, clip_selection="windows")).description()
   assert "(10 videos of 6 frames in" in text and "18 train / 2 test clips of 3x4x4x1" in text
   assert "test split: 1 of the 10 videos held out at random" in text
 
@@ -520,3 +623,17 @@ def test_plain_dict_config_and_prepare_cli(tmp_path, capsys):
   assert e.value.code == 1
   err = capsys.readouterr().err
   assert err.startswith("ERROR: numpy: `dataset.path`=") and err.count("\n") == 1
+
+
+def test_runs_saved_before_the_bair_fields_keep_their_data():
+  """A config.json without dataset.bair_view (written when BAIR read image_main and
+  every window) is evaluated on that data, not on today's defaults."""
+  from sigma_vae_jax import configuration  # pylint: disable=g-import-not-at-top
+  old = configuration.upgrade_config_dict({"dataset": {"name": "bair"}, "model": {}})
+  assert old["dataset"]["bair_view"] == "image_main"
+  assert old["dataset"]["clip_selection"] == "windows"
+  new = configuration.upgrade_config_dict(
+      {"dataset": {"name": "bair", "bair_view": "image_aux1", "clip_selection": "first"},
+       "model": {}})
+  assert new["dataset"]["bair_view"] == "image_aux1"
+  assert new["dataset"]["clip_selection"] == "first"

@@ -126,6 +126,60 @@ def test_per_frame_elbo_sums_to_the_clip_elbo(run):
   assert per_frame["rec"][0] != per_frame["rec"][-1]
 
 
+def test_padded_batches_fill_with_real_rows_by_hand():
+  data = np.arange(10, dtype=np.uint8)[:, None] + 1  # row i holds i + 1 (never 0)
+  batches = list(trainer_lib.padded_batches(data, 4))
+  assert [b[:, 0].tolist() for b, _ in batches] == [[1, 2, 3, 4], [5, 6, 7, 8],
+                                                     [9, 10, 1, 2]]
+  assert [m.tolist() for _, m in batches] == [[True] * 4, [True] * 4,
+                                              [True, True, False, False]]
+  # Fewer rows than a batch: repeated cyclically.
+  (b, m), = trainer_lib.padded_batches(data[:3], 8)
+  assert b[:, 0].tolist() == [1, 2, 3, 1, 2, 3, 1, 2] and m.sum() == 3
+
+
+def test_padding_never_reaches_batch_statistics(run):
+  """svg_lp normalises with batch statistics (norm="batch"), so a clip's ELBO depends on
+  its batch. 10 clips in batches of 4: every evaluation path must give the clips the
+  per-clip values they have in exact batches of real clips, [0-3], [4-7], [8, 9, 0, 1],
+  each clip scored alone through a one-hot mask (keys as Trainer.evaluate: batch i
+  uses fold_in(eval_rng, i))."""
+  _, _, trainer, state, all_clips = run
+  assert trainer.config.model.norm == "batch"
+  clips = all_clips[:10]
+  exact = np.concatenate([clips, clips[:2]]).reshape(3, 4, *clips.shape[1:])
+  eval_rng = jax.random.fold_in(state.rng, trainer_lib.EVAL_STREAM)
+  per_clip = {"nelbo": [], "sq_err": [], "kl": []}
+  for i, batch in enumerate(exact):
+    key = jax.random.fold_in(eval_rng, i)
+    for row in range(4):
+      mask = np.arange(4) == row
+      sums = trainer.eval_sums(state, batch, mask, key)
+      per_clip["nelbo"].append(float(sums["nelbo"]))
+      calib = trainer.calibration_sums(state, batch, mask, key, jnp.float32(0.0),
+                                       discrete=False)
+      per_clip["sq_err"].append(float(calib["sq_err"]))
+      per_clip["kl"].append(float(calib["kl"]))
+  expected = {k: np.mean(v[:10]) for k, v in per_clip.items()}  # the 10 real clips
+
+  got = evaluate.evaluate_elbo(trainer, state, clips, batch_size=4)
+  assert got["num_examples"] == 10
+  np.testing.assert_allclose(got["nelbo"], expected["nelbo"], rtol=1e-6)
+  per_frame = evaluate.evaluate_elbo_per_frame(trainer, state, clips, batch_size=4)
+  np.testing.assert_allclose(per_frame["nelbo_clip"], expected["nelbo"], rtol=1e-6)
+  calibrated = evaluate.evaluate_calibrated(trainer, state, clips, batch_size=4)
+  d = trainer.num_target_dims
+  mse = expected["sq_err"] / d
+  np.testing.assert_allclose(calibrated["mse"], mse, rtol=1e-6)
+  np.testing.assert_allclose(calibrated["nelbo_calibrated"],
+                             0.5 * d * (1 + np.log(2 * np.pi * mse)) + expected["kl"],
+                             rtol=1e-6)
+  # The eval ELBO during training (streamed test data) pads through the same batches.
+  batches = list(train._padded_stream(iter([clips[8:10]]), 4, 1))
+  assert len(batches) == 1 and batches[0][1].tolist() == [True, True, False, False]
+  assert (batches[0][0][2:] != 0).any()  # real clips, not blank ones
+
+
 def test_image_models_are_refused():
   config = tiny_models.tiny_config("conv_vae")
   trainer = trainer_lib.Trainer(config, (8, 8, 3), trainer_lib.make_mesh())
@@ -152,7 +206,10 @@ def _numpy_psnr(target, prediction):
   return (10 * np.log10(1.0 / mse)).mean(axis=-1)
 
 
-def test_best_of_n_is_the_max_over_draws_and_grows_with_n(run):
+def test_best_of_n_both_readings_from_the_draws(run):
+  """The reference's best sample (highest mean SSIM over the predicted frames, its
+  per-frame scores) and the per-frame maximum, both recomputed from the draws; the
+  maximum grows with N."""
   _, _, trainer, state, all_clips = run
   clips = all_clips[:8]
   rng = jax.random.PRNGKey(3)
@@ -162,21 +219,32 @@ def test_best_of_n_is_the_max_over_draws_and_grows_with_n(run):
   draws = _draws(trainer, state, clips, rng, 4)
   truth = clips[:, N_PAST:].astype(np.float64) / 255
   psnr = _numpy_psnr(truth[None], draws)  # [K, N, F], independent of video_metrics
+  # SSIM as the reference computes it (skimage defaults; video_metrics' own tests check
+  # this function against a numpy/scipy implementation).
   ssim = np.asarray(video_metrics.ssim(jnp.asarray(np.broadcast_to(truth, draws.shape),
                                                    jnp.float32),
-                                       jnp.asarray(draws, jnp.float32)))
+                                       jnp.asarray(draws, jnp.float32),
+                                       **video_metrics.SSIM_KINDS["reference"]))
+  clip_index = np.arange(len(clips))
   for n, s in scores.items():
-    assert s["psnr_per_clip"].shape == s["ssim_per_clip"].shape == (8, T - N_PAST)
+    assert s["ssim_kind"] == "reference"
+    for key in ("psnr", "ssim", "psnr_max", "ssim_max"):
+      assert s[f"{key}_per_clip"].shape == (8, T - N_PAST)
+      np.testing.assert_allclose(s[key], s[f"{key}_per_clip"].mean(0))
     np.testing.assert_array_equal(s["frame"], np.arange(N_PAST, T))
-    np.testing.assert_allclose(s["psnr_per_clip"], psnr[:n].max(0), rtol=1e-4)
-    np.testing.assert_allclose(s["ssim_per_clip"], ssim[:n].max(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(s["psnr"], s["psnr_per_clip"].mean(0))
-    for key, single in (("psnr", psnr), ("ssim", ssim)):
-      assert np.all(s[f"{key}_per_clip"][None] >= single[:n] - 1e-6)
-  for key in ("psnr_per_clip", "ssim_per_clip"):
+    np.testing.assert_allclose(s["psnr_max_per_clip"], psnr[:n].max(0), rtol=1e-4)
+    np.testing.assert_allclose(s["ssim_max_per_clip"], ssim[:n].max(0), rtol=1e-5,
+                               atol=1e-6)
+    chosen = ssim[:n].mean(-1).argmax(0)  # [N_clips]: sample with the best mean SSIM
+    np.testing.assert_allclose(s["psnr_per_clip"], psnr[chosen, clip_index], rtol=1e-4)
+    np.testing.assert_allclose(s["ssim_per_clip"], ssim[chosen, clip_index], rtol=1e-5,
+                               atol=1e-6)
+  for key in ("psnr_max_per_clip", "ssim_max_per_clip"):
     assert np.all(scores[2][key] >= scores[1][key])
     assert np.all(scores[4][key] >= scores[2][key])
-  assert np.any(scores[4]["psnr_per_clip"] > scores[1]["psnr_per_clip"])  # draws differ
+  assert np.any(scores[4]["psnr_max_per_clip"] > scores[1]["psnr_max_per_clip"])
+  # With 4 draws the two readings differ somewhere (else this test could not tell them apart).
+  assert np.any(scores[4]["psnr_max_per_clip"] > scores[4]["psnr_per_clip"] + 1e-6)
 
 
 class _Oracle:
@@ -246,22 +314,33 @@ def test_script_end_to_end(run, tmp_path, capsys):
   script = _load_script()
   out = str(tmp_path / "eval")
   code = script.main([f"--workdir={workdir}", f"--output_dir={out}", "--num_samples=3",
-                      "--num_clips=10", "--fid_kind=random", "--batch_size=5"])
+                      "--num_videos=10", "--fid_kind=random", "--batch_size=5"])
   assert code == 0, capsys.readouterr().err
   with open(os.path.join(out, "video_eval.json")) as f:
     result = json.load(f)
-  assert result["step"] == STEPS and result["num_clips"] == 10
+  assert result["step"] == STEPS and result["num_videos"] == 10
+  assert result["video_length"] == T and result["num_predicted_frames"] == T - N_PAST
   assert result["num_samples"] == 3 and math.isfinite(result["fid"])
+  assert result["ssim_kind"] == "reference" and result["fid_kind"] == "random"
   elbo = evaluate.evaluate_elbo(trainer, state, clips[:10], batch_size=5)
   assert result["nelbo_clip"] == pytest.approx(elbo["nelbo"], rel=2e-6)
+  # Per target frame (SVG-LP scores frames 1..T-1) and per dimension.
+  assert result["nelbo_frame"] == pytest.approx(elbo["nelbo"] / (T - 1), rel=2e-6)
+  assert result["nelbo_dim"] == pytest.approx(elbo["nelbo"] / ((T - 1) * HW * HW * C),
+                                              rel=2e-6)
+  calibrated = evaluate.evaluate_calibrated(trainer, state, clips[:10], batch_size=5)
+  assert result["calibrated"]["nelbo_calibrated"] == pytest.approx(
+      calibrated["nelbo_calibrated"], rel=1e-6)
+  assert result["psnr_max_mean"] >= result["psnr_mean"]
   import csv
   with open(os.path.join(out, "video_eval.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
   assert [int(r["frame"]) for r in rows] == list(range(1, T))
   assert rows[0]["psnr"] == "" and rows[0]["ssim"] == ""  # frame 1 is context
   for r in rows[N_PAST - 1:]:
-    for key in ("nelbo", "rec", "kl", "psnr", "ssim"):
+    for key in ("nelbo", "rec", "kl", "psnr", "ssim", "psnr_max", "ssim_max"):
       assert math.isfinite(float(r[key])), (key, r)
+    assert float(r["ssim_max"]) >= float(r["ssim"]) - 1e-9
   assert sum(float(r["nelbo"]) for r in rows) == pytest.approx(result["nelbo_clip"])
   with open(os.path.join(out, "video_eval.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -274,12 +353,42 @@ def test_script_end_to_end(run, tmp_path, capsys):
   assert err.startswith("ERROR: InceptionV3 FID weights not found"), err
 
 
+def test_script_reads_the_reference_protocol_on_bair():
+  """Defaults: the reference's protocol (256 videos, 100 samples, batches of 100); on
+  BAIR (hand-numbered mock videos: frame t of test video v is the value 128 + v * 30 +
+  t) whole 30-frame test videos for prediction and, for the ELBO, the training clips:
+  the first 12 frames of each test video."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from test_input_pipeline import TEST_OFFSET, _frame_ids, _numbered_bair  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  script = _load_script()
+  args = script.parse_args(["--workdir=w"])
+  assert (args.num_videos, args.num_samples, args.batch_size) == (256, 100, 100)
+  assert args.video_length is None and args.ssim_kind == "reference"
+  assert args.fid_kind == "auto"
+  spec = importlib.util.spec_from_file_location(
+      "bair_svg_cfg", os.path.join(ROOT, "configs", "bair_svg.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert config.model.n_past == 2 and config.model.n_eval == 30  # 28 predicted
+  with tfds.testing.mock_data(as_dataset_fn=_numbered_bair):
+    source = input_pipeline.get_data_source(config.dataset)
+    videos, clips = script._test_data(source, config, 2, None)
+  # The test split's videos (frame values offset by TEST_OFFSET), never the train split's.
+  assert _frame_ids(videos).tolist() == [[TEST_OFFSET + v * 30 + t for t in range(30)]
+                                         for v in range(2)]
+  assert _frame_ids(clips).tolist() == [[TEST_OFFSET + v * 30 + t for t in range(12)]
+                                        for v in range(2)]
+
+
 def test_script_help_and_one_line_errors(tmp_path):
   script = os.path.join(ROOT, "scripts", "evaluate_video.py")
   result = subprocess.run([sys.executable, script, "--help"], capture_output=True,
                           text=True, timeout=60)
   assert result.returncode == 0
-  for flag in ("--workdir", "--num_samples", "--num_clips", "--fid_kind", "--output_dir"):
+  for flag in ("--workdir", "--num_samples", "--num_videos", "--fid_kind", "--output_dir",
+               "--ssim_kind", "--video_length"):
     assert flag in result.stdout
   for argv in ([f"--workdir={tmp_path / 'missing'}"], [f"--workdir={tmp_path}"]):
     result = subprocess.run([sys.executable, script, *argv], capture_output=True,
