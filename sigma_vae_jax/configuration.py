@@ -24,6 +24,8 @@ COMPUTE_FIELDS = ("model.conv_impl", "model.dtype", "model.remat",
 _LEGACY_CONV_FLAGS = ("fast_encoder", "fast_upsample", "fast_output")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamax", "sgd")
+# How the evaluation sigma of the optimal-sigma decoders is set (default_config.py).
+EVAL_SIGMA_RULES = ("auto", "fit", "running_average")
 # decoder.log_sigma_min below this lets float32 exp(-log_sigma) overflow (losses.py).
 _LOWEST_LOG_SIGMA_MIN = -80.0
 
@@ -99,10 +101,12 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
   _require(config.ema_decay is None or 0.0 <= config.ema_decay < 1.0, "ema_decay",
            f"must be in [0, 1) or None; got {config.ema_decay}")
   _require(config.free_bits >= 0, "free_bits", f"must be >= 0; got {config.free_bits}")
+  _require(config.eval_sigma in EVAL_SIGMA_RULES, "eval_sigma",
+           f"must be one of {EVAL_SIGMA_RULES}; got {config.eval_sigma!r}")
 
   for field in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
                 "checkpoint_every_steps", "max_checkpoints_to_keep", "steps_per_call",
-                "num_image_samples"):
+                "num_image_samples", "eval_sigma_train_batches"):
     value = config[field]
     _require(isinstance(value, int) and value >= 1, field,
              f"must be a positive integer; got {value!r}")

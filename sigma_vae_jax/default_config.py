@@ -100,6 +100,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = 1500
   config.log_every_steps = 50
   config.eval_every_steps = 500
+  # The sigma*^2 that scores the decoders whose evaluation sigma is estimated
+  # (optimal_sigma, discretized_* with scale=optimal): "fit" refits it before each
+  # evaluation as the MSE of the evaluated network (EMA parameters if on, no dropout)
+  # on eval_sigma_train_batches training batches; "running_average" uses the running
+  # average of the training passes' sigma*^2 (decoder.sigma_ema_decay); "auto" fits
+  # when the two networks differ (ema_decay set, or model.dropout_rate > 0).
+  config.eval_sigma = "auto"
+  # Training batches (of batch_size, at most one epoch) of that fit; always the same
+  # ones (the first of the training stream shuffled with `seed`), never test data.
+  config.eval_sigma_train_batches = 16
   config.checkpoint_every_steps = 500
   # Also checkpoint when this many seconds have passed since the last checkpoint
   # (checked at the logging steps, so a resumed run stays exact), so that a killed

@@ -9,9 +9,10 @@ trainer's mesh and the last batch is padded (and masked), so every function
 compiles once per batch size. Evaluation uses the EMA parameters when enabled.
 
 All log-likelihoods are in nats per example (summed over data dimensions), with the
-likelihood's *evaluation* form (`Likelihood.eval_nll`: KL weight 1, the running
-average of sigma for the optimal sigma decoders; the `beta` decoder as the Gaussian
-with sigma^2 = beta).
+likelihood's *evaluation* form (`Likelihood.eval_nll`: KL weight 1, the sigma the
+state holds for the optimal sigma decoders, which `load_run` fits to the evaluation
+network on training data where `config.eval_sigma` says so; the `beta` decoder as the
+Gaussian with sigma^2 = beta).
 
 Video models (`trainer.num_context_frames` > 0, e.g. SVG-LP) also have the SVG papers'
 evaluation: the ELBO per predicted frame (`evaluate_elbo_per_frame`), best-of-N PSNR
@@ -92,7 +93,8 @@ def _with_defaults(saved: dict, defaults: dict) -> dict:
   return merged
 
 
-def load_run(workdir: str, *, image_shape=None, checkpoint: str = "latest"
+def load_run(workdir: str, *, image_shape=None, checkpoint: str = "latest",
+             fit_eval_sigma: bool = True
              ) -> tuple[ml_collections.ConfigDict, trainer_lib.Trainer, train_step.TrainState]:
   """Rebuilds (config, trainer, state) from WORKDIR/config.json and a checkpoint.
 
@@ -100,6 +102,11 @@ def load_run(workdir: str, *, image_shape=None, checkpoint: str = "latest"
   the step with the best eval ELBO, written when `keep_best_checkpoint` is on).
   The trainer's mesh spans all devices. image_shape (H, W, C) defaults to the
   dataset's (read from the prepared dataset of config.dataset).
+  The returned state is the one training evaluates (`evaluation_state`): where the
+  run's config refits the evaluation sigma (`trainer.fits_eval_sigma`), its
+  likelihood state holds sigma*^2 fitted to the evaluation network on the run's
+  training data, as training's own evaluations do; fit_eval_sigma=False returns
+  the checkpoint as saved (sigma: its running average).
   Raises FileNotFoundError without config.json, CheckpointError without a checkpoint,
   ValueError for another `checkpoint`.
   """
@@ -133,7 +140,23 @@ def load_run(workdir: str, *, image_shape=None, checkpoint: str = "latest"
     checkpointer.close()
   if state is None:
     raise checkpointing.CheckpointError(f"No checkpoint in {directory}.")
-  return config, trainer, jax.device_put(state, trainer.replicated)
+  state = jax.device_put(state, trainer.replicated)
+  if fit_eval_sigma:
+    state = evaluation_state(config, trainer, state)
+  return config, trainer, state
+
+
+def evaluation_state(config, trainer: trainer_lib.Trainer, state: train_step.TrainState
+                     ) -> train_step.TrainState:
+  """`state` with the evaluation sigma that training's evaluations use: where
+  `trainer.fits_eval_sigma`, fitted to the evaluation network on the
+  `trainer_lib.eval_sigma_train_batches` of config.dataset's training split (never
+  its test split); otherwise `state` itself."""
+  if not trainer.fits_eval_sigma:
+    return state
+  source = input_pipeline.get_data_source(config.dataset)
+  batches = trainer_lib.eval_sigma_train_batches(source, config)
+  return trainer.evaluation_state(state, [trainer.shard_batch(b) for b in batches])
 
 
 def load_test_images(config, num_examples: Optional[int] = None) -> np.ndarray:
@@ -223,13 +246,14 @@ def evaluate_calibrated(trainer, state, images: np.ndarray, batch_size: int = 12
   eval_rng = jax.random.fold_in(state.rng, trainer_lib.EVAL_STREAM)
 
   def sums(log_sigma, discrete):
-    totals, count = None, 0
-    for i, (batch, mask, n) in enumerate(_batches(trainer, images, batch_size)):
+    totals = None
+    for i, (batch, mask, _) in enumerate(_batches(trainer, images, batch_size)):
       s = trainer.calibration_sums(state, batch, mask, jax.random.fold_in(eval_rng, i),
                                    jnp.asarray(log_sigma, jnp.float32), discrete=discrete)
-      s = {k: float(v) for k, v in jax.device_get(s).items()}
+      # sq_err is per target position: its total over them is the per-example one.
+      s = {k: float(np.sum(v, dtype=np.float64)) for k, v in jax.device_get(s).items()}
       totals = s if totals is None else {k: totals[k] + s[k] for k in s}
-      count += n
+    count = totals.pop("count")
     return {k: v / count for k, v in totals.items()}
 
   num_dims = trainer.num_target_dims

@@ -156,12 +156,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     image_examples = next(source.batch_iterator(
         "test", config.num_image_samples, seed=config.seed, shuffle=False, repeat=False))
 
+  # The evaluation network's sigma*^2 is fitted on these training batches (kept on
+  # device) before each evaluation, where the config asks for it.
+  eval_sigma_batches = ([trainer.shard_batch(b) for b in
+                         trainer_lib.eval_sigma_train_batches(source, config)]
+                        if trainer.fits_eval_sigma else [])
+
   reporter = reporting.Reporter(workdir, config.num_train_steps, start_step)
   image_dir = os.path.join(workdir, "images")
   print(f"Training {config.model.name} with the {config.decoder.name} decoder on {config.dataset.name} "
         f"{source.image_shape}, {len(devices)} device(s) ({jax.default_backend()}), "
         f"global batch {batch_size}, steps {start_step}->{config.num_train_steps}.",
         flush=True)
+  if trainer.fits_eval_sigma:
+    print(f"Evaluation sigma: the MSE of the evaluated network (EMA parameters if on, no "
+          f"dropout) on {len(eval_sigma_batches)} training batches, refitted before "
+          f"each evaluation (eval_sigma={config.eval_sigma!r}).", flush=True)
 
   def check_finite():
     nonfinite = jax.device_get(state.nonfinite)
@@ -213,13 +223,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         reporter.write(step, "train", averaged)
       if step % config.eval_every_steps == 0 or step == config.num_train_steps:
         check_finite()
-        eval_metrics = trainer.evaluate(state, eval_batches())
+        eval_state = trainer.evaluation_state(state, eval_sigma_batches)
+        eval_metrics = trainer.evaluate(eval_state, eval_batches())
         reporter.write(step, "eval", eval_metrics)
         improved = best is not None and best.update(step, state, eval_metrics["nelbo"])
         print(eval_summary(step, eval_metrics, trainer.likelihood)
               + (" (best so far)" if improved else ""), flush=True)
         if jax.process_index() == 0:
-          grids = trainer.write_images(state, image_examples, image_dir, step)
+          grids = trainer.write_images(eval_state, image_examples, image_dir, step)
           reporter.write_images(step, grids)
         reporter.flush()
       # Time-based checkpoints only at logging steps: a resumed run then averages

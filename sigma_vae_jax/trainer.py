@@ -37,6 +37,7 @@ DATA_AXIS = "data"
 DATA_ORDER_STREAM = 1
 EVAL_STREAM = 2
 IMAGE_STREAM = 3
+EVAL_SIGMA_STREAM = 4
 
 # XLA:CPU (jaxlib 0.10) hands convolutions to its YNNPACK library by default. For
 # the conv VAE its own (Eigen) convolutions make a train step ~1.25x faster
@@ -90,6 +91,34 @@ def padded_batches(data: np.ndarray, batch_size: int
     if len(chunk) < batch_size:
       chunk = data[rows % n]
     yield chunk, mask
+
+
+def fits_eval_sigma(config, likelihood: likelihoods.Likelihood) -> bool:
+  """Whether evaluation refits sigma*^2 to the evaluation network (config.eval_sigma).
+
+  Only likelihoods whose evaluation sigma is a running average of training sigma*^2
+  (`has_running_sigma`: optimal_sigma, discretized_* with scale=optimal) have one to
+  refit. "auto" refits when the evaluated network is not the trained one: EMA
+  parameters (ema_decay) or dropout (model.dropout_rate > 0) in training only.
+  """
+  if not likelihood.has_running_sigma or config.eval_sigma == "running_average":
+    return False
+  if config.eval_sigma == "fit":
+    return True
+  return bool(config.ema_decay) or config.model.get("dropout_rate", 0.0) > 0
+
+
+def eval_sigma_train_batches(source: input_pipeline.DataSource, config) -> np.ndarray:
+  """The training data of the evaluation sigma's fit: process-local uint8 batches
+  [N, batch_size / processes, ...], the first N = min(eval_sigma_train_batches, one
+  epoch) batches of the training split shuffled with config.seed (the same ones at
+  every evaluation; never the test split)."""
+  local_batch = config.batch_size // jax.process_count()
+  num = min(config.eval_sigma_train_batches,
+            source.batches_per_epoch("train", local_batch))
+  stream = source.batch_iterator("train", local_batch, seed=config.seed, shuffle=True,
+                                 repeat=True)
+  return np.stack([next(stream) for _ in range(num)])
 
 
 class Trainer:
@@ -155,6 +184,8 @@ class Trainer:
     self.reconstruct = jax.jit(self._reconstruct)
     self.sample = jax.jit(self._sample, static_argnames=("num", "temperature"))
     self.calibration_sums = jax.jit(self._calibration_sums, static_argnames="discrete")
+    self.fits_eval_sigma = fits_eval_sigma(config, self.likelihood)
+    self._fitted_likelihood_state = jax.jit(self._likelihood_state_at_mse)
     # Video models only (evaluate.evaluate_elbo_per_frame); sharded as eval_sums.
     self.frame_nelbo_sums = jit(self._frame_nelbo_sums, in_shardings=(rep, bat, bat, rep),
                                 out_shardings=rep)
@@ -246,20 +277,66 @@ class Trainer:
     return sums
 
   def _calibration_sums(self, state, data, mask, rng, log_sigma, discrete: bool):
-    """Masked sums of the squared error of the likelihood's mean, the KL and
-    (discrete) the discretized-Gaussian NLL at log_sigma, with the z of `evaluate`
-    (same rng): what `evaluate.evaluate_calibrated` needs."""
+    """The calibration pass: one forward pass of the evaluation network (eval
+    parameters, no dropout; latents drawn with `rng`) and masked sums over the batch
+    of the squared error of the likelihood's mean per target position ("sq_err",
+    [*target_shape]), the KL, (discrete) the discretized-Gaussian NLL at log_sigma,
+    and the count of valid examples. What `evaluate.evaluate_calibrated` (test data,
+    the z of `evaluate`: same rng) and `evaluation_state` (training data) need."""
     x = input_pipeline.to_float(data)
     output = self._apply(state, None, x, rng)
     decoded = self.likelihood.mean(output.decoder_outputs, *self._likelihood_args(state))
     target = output.target
-    kl = objectives.sum_groups(objectives.kl_per_group(output))
-    sums = {"sq_err": losses.sum_over_data_dims((target - decoded) ** 2), "kl": kl}
-    if discrete:
-      sums["rec_discrete"] = losses.sum_over_data_dims(
-          losses.discretized_gaussian_nll(target, decoded, log_sigma))
     m = mask.astype(jnp.float32)
-    return {k: jnp.sum(v * m) for k, v in sums.items()}
+    kl = objectives.sum_groups(objectives.kl_per_group(output))
+    sums = {"kl": jnp.sum(kl * m), "count": jnp.sum(m)}
+    sq_err = (target - decoded) ** 2
+    sums["sq_err"] = jnp.sum(sq_err * m.reshape((-1,) + (1,) * (sq_err.ndim - 1)), axis=0)
+    if discrete:
+      rec = losses.sum_over_data_dims(
+          losses.discretized_gaussian_nll(target, decoded, log_sigma))
+      sums["rec_discrete"] = jnp.sum(rec * m)
+    return sums
+
+  def _likelihood_state_at_mse(self, sq_err, count):
+    """The likelihood state whose evaluation sigma*^2 is the mean squared error
+    sq_err / count ([*target_shape] sums of `_calibration_sums` over `count`
+    examples) averaged over decoder.sigma_axes, as the likelihood's own batch
+    sigma*^2 averages (all positions when None): the running average of a fresh
+    state after one update with it."""
+    mse = (sq_err / count)[None]  # [1, *target_shape]
+    axes = getattr(self.likelihood, "axes", None)
+    variance = mse.mean() if axes is None else mse.mean(axis=axes, keepdims=True)
+    fresh = self.likelihood.init_state(self.target_shape)
+    return self.likelihood.update_state(
+        fresh, likelihoods.LikelihoodOutput(nll=mse, batch_variance=variance))
+
+  def evaluation_state(self, state: steps.TrainState, train_batches) -> steps.TrainState:
+    """The state that evaluation scores: `state` itself, or (`fits_eval_sigma`) a
+    copy whose likelihood state holds sigma*^2 = the MSE of the evaluation network
+    (eval parameters, no dropout, latents z ~ q) over `train_batches`.
+
+    train_batches: global uint8 training batches [B, ...] sharded as
+    `shard_batch` makes them (`eval_sigma_train_batches`), never test data. Batch i
+    draws z with fold_in(fold_in(state.rng, EVAL_SIGMA_STREAM), i). Runs the jitted
+    calibration pass per batch and sums on device (no host sync). `state` itself
+    is not changed: training goes on with its running average.
+    """
+    if not self.fits_eval_sigma:
+      return state
+    rng = jax.random.fold_in(state.rng, EVAL_SIGMA_STREAM)
+    no_log_sigma = jnp.zeros((), jnp.float32)  # only read by the discrete sums
+    totals, mask = None, None
+    for i, data in enumerate(train_batches):
+      if mask is None:  # every row is a training example
+        mask = self.shard_batch(np.ones(data.shape[0] // jax.process_count(), bool))
+      sums = self.calibration_sums(state, data, mask, jax.random.fold_in(rng, i),
+                                   no_log_sigma, discrete=False)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+      raise ValueError("evaluation_state: no training batches to fit sigma on")
+    return state.replace(likelihood_state=self._fitted_likelihood_state(
+        totals["sq_err"], totals["count"]))
 
   def _encode(self, state, data):
     """Posterior (mean, log_var) of models with one Gaussian latent group."""
