@@ -189,6 +189,8 @@ def _plot(rows, result, path):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
+  from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.require_train_extra()
   if not os.path.isdir(args.workdir):
     print(f"ERROR: --workdir={args.workdir} does not exist (train with "
           f"`python -m sigma_vae_jax.main --workdir=...` first).", file=sys.stderr)

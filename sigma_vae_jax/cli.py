@@ -55,6 +55,34 @@ def wants_help(argv: Sequence[str]) -> bool:
   return False
 
 
+# What `pip install "sigma_vae_jax[train]"` adds to the core install (setup.cfg), as
+# (module, distribution): the training system, data pipelines and scripts need them.
+TRAIN_EXTRA = "train"
+TRAIN_EXTRA_MODULES = (
+    ("tensorflow", "tensorflow-cpu"), ("tensorflow_datasets", "tensorflow-datasets"),
+    ("orbax.checkpoint", "orbax-checkpoint"), ("clu", "clu"), ("tensorboard", "tensorboard"),
+    ("PIL", "pillow"), ("matplotlib", "matplotlib"))
+
+
+def _importable(module: str) -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):  # a missing parent package, a broken module
+    return False
+
+
+def require_train_extra() -> None:
+  """Exits 1 with one line naming the extra to install if a package of the training
+  extra is missing (an entry point calls this after --help, before its imports)."""
+  missing = [dist for module, dist in TRAIN_EXTRA_MODULES if not _importable(module)]
+  if missing:
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "this"
+    fail(f"{program} needs the training extra, which is not installed (missing: "
+         f"{', '.join(missing)}): pip install \"sigma_vae_jax[{TRAIN_EXTRA}]\" (in a "
+         f"clone: pip install -e \".[{TRAIN_EXTRA}]\").")
+
+
 def usage_error(message: str) -> NoReturn:
   """A command-line mistake: one line on stderr, exit 2. (A config file whose own
   code fails keeps its traceback: ml_collections puts it in the message.)"""
@@ -95,9 +123,13 @@ def absl_flags_parser(argv: Sequence[str]) -> list[str]:
 
 
 def parse_flags(fv: flags.FlagValues, argv: Sequence[str], *,
-                description: Optional[str] = None, config_flag: str = "config"
-                ) -> list[str]:
+                description: Optional[str] = None, config_flag: str = "config",
+                require_extra: bool = True) -> list[str]:
   """Parses argv (argv[0]: the program) into fv; returns the remaining arguments.
+
+  With require_extra (every entry point of this package trains or evaluates), a
+  missing package of the training extra exits 1 with one line naming the extra
+  (`require_train_extra`), after --help.
 
   --help/-h: `description` (default: the __main__ module's docstring) and fv's flags
   on stdout, exit 0. Mistakes exit 2 with one line: an unknown or invalid flag, a
@@ -108,6 +140,8 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], *,
   if wants_help(argv):
     print_help(fv, argv[0], description, config_flag=config_flag, argv=argv)
     sys.exit(0)
+  if require_extra:
+    require_train_extra()
   argv, none_fields = split_none_overrides(argv, config_flag)
   if config_flag in fv and PRINT_CONFIG_FLAG not in fv:
     flags.DEFINE_bool(PRINT_CONFIG_FLAG, False, _PRINT_CONFIG_HELP, flag_values=fv)

@@ -68,6 +68,8 @@ if __name__ == "__main__":
   # `python -m sigma_vae_jax.input_pipeline`: answer --help and usage errors before
   # the imports below (TensorFlow takes seconds).
   _argument_parser().parse_args()
+  from sigma_vae_jax import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.require_train_extra()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
