@@ -119,6 +119,11 @@ def run(workdir: str, output_dir: Optional[str] = None, num_samples: int = 100,
     raise ValueError(f"no test clips of {clip_length or config.dataset.clip_length} frames "
                      f"in dataset {config.dataset.name!r} (set --clip_length)")
 
+  fid_what = "" if fid_kind == "none" else f", FID ({fid_kind} features)"
+  print(f"Evaluating {config.model.name} ({config.decoder.name}) of {workdir}, {checkpoint} "
+        f"checkpoint (step {int(jax.device_get(state.step))}), on {len(clips)} test clips "
+        f"of {clips.shape[1]} frames: per-frame ELBO, best-of-{num_samples} PSNR/SSIM"
+        f"{fid_what}.", flush=True)
   rng = jax.random.PRNGKey(seed)
   elbo = evaluate.evaluate_elbo_per_frame(trainer, state, clips, batch_size)
   scores = evaluate.video_prediction_scores(trainer, state, clips, jax.random.fold_in(rng, 0),

@@ -48,6 +48,7 @@ from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import losses
 from sigma_vae_jax import metrics
 from sigma_vae_jax import models
+from sigma_vae_jax import progress
 from sigma_vae_jax import train_step
 from sigma_vae_jax import trainer as trainer_lib
 from sigma_vae_jax import video_metrics
@@ -150,6 +151,11 @@ def _batch_size_for(trainer: trainer_lib.Trainer, batch_size: int) -> int:
   """Rounds up to a multiple of the number of devices (batches are sharded)."""
   n = trainer.mesh.devices.size
   return max(n, -(-batch_size // n) * n)
+
+
+def _progress(label: str, trainer, num_rows: int, batch_size: int) -> progress.Progress:
+  """Progress lines (with a time estimate) over the batches of num_rows rows."""
+  return progress.Progress(label, -(-num_rows // _batch_size_for(trainer, batch_size)))
 
 
 def _batches(trainer, data: np.ndarray, batch_size: int):
@@ -261,7 +267,8 @@ def iwae_log_weights(trainer, state, images: np.ndarray, num_samples: int,
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1; got {num_samples}")
   columns = []
-  for i, (batch, _, n) in enumerate(_batches(trainer, images, batch_size)):
+  bar = _progress(f"IWAE (K={num_samples})", trainer, len(images), batch_size)
+  for i, (batch, _, n) in enumerate(bar.iterate(_batches(trainer, images, batch_size))):
     batch_key = jax.random.fold_in(rng, i)
     chunks, done, j = [], 0, 0
     while done < num_samples:
@@ -379,7 +386,8 @@ def prior_samples(trainer, state, num_samples: int, rng: jax.Array,
   Batch i draws with key fold_in(rng, i); latent noise scaled by `temperature`."""
   batch_size = _batch_size_for(trainer, batch_size)
   samples = []
-  for i, start in enumerate(range(0, num_samples, batch_size)):
+  bar = progress.Progress("prior samples", -(-num_samples // batch_size))
+  for i, start in enumerate(bar.iterate(range(0, num_samples, batch_size))):
     n = min(batch_size, num_samples - start)
     out = trainer.sample(state, jax.random.fold_in(rng, i), num=batch_size,
                          temperature=temperature)
@@ -514,7 +522,9 @@ def video_prediction_scores(trainer, state, clips: np.ndarray, rng: jax.Array,
                      f"{video_metrics.WINDOW_SIZE} window needs frames of at least that "
                      f"size; got {h}x{w}")
   per_clip = {"psnr": [], "ssim": []}
-  for i, (_, batch, n) in enumerate(_cyclic_batches(trainer, clips, batch_size)):
+  bar = _progress(f"best-of-{num_samples} PSNR/SSIM", trainer, len(clips), batch_size)
+  for i, (_, batch, n) in enumerate(bar.iterate(_cyclic_batches(trainer, clips,
+                                                                batch_size))):
     context = batch[:, :num_context]
     batch_key = jax.random.fold_in(rng, i)
     best = None
@@ -549,7 +559,9 @@ def video_fid(trainer, state, clips: np.ndarray, fid_kind: str, rng: jax.Array,
   num_context = _check_clips(trainer, clips)
   feature_fn = fid_feature_fn(fid_kind, weights_path)
   predicted, reference = [], []
-  for i, (start, batch, n) in enumerate(_cyclic_batches(trainer, clips, batch_size)):
+  bar = _progress(f"FID ({fid_kind}) of predicted frames", trainer, len(clips), batch_size)
+  for i, (start, batch, n) in enumerate(bar.iterate(_cyclic_batches(trainer, clips,
+                                                                    batch_size))):
     frames = trainer.sample(state, jax.random.fold_in(rng, i), num=batch.shape[0],
                             context=batch[:, :num_context], temperature=temperature)
     num_frames = min(frames.shape[1], clips.shape[1] - num_context)

@@ -28,6 +28,7 @@ from sigma_vae_jax import configuration
 from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import models
+from sigma_vae_jax import progress
 from sigma_vae_jax import reporting
 from sigma_vae_jax import train_step
 from sigma_vae_jax import trainer as trainer_lib
@@ -177,7 +178,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         f"{source.image_shape}, {len(devices)} device(s) ({jax.default_backend()}), "
         f"global batch {batch_size}, steps {start_step}->{config.num_train_steps}.",
         flush=True)
-  print(eval_legend(trainer.likelihood), flush=True)
+  if start_step >= config.num_train_steps:
+    print(f"Already trained to step {start_step} (num_train_steps="
+          f"{config.num_train_steps}): nothing to train; raise --config.num_train_steps "
+          f"to train on.", flush=True)
+  else:
+    print(eval_legend(trainer.likelihood), flush=True)
+  run_start = time.monotonic()
+  last_eval = None
 
   def check_finite():
     nonfinite = jax.device_get(state.nonfinite)
@@ -235,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         check_finite()
         eval_metrics = trainer.evaluate(state, eval_batches())
         reporter.write(step, "eval", eval_metrics)
+        last_eval = step
         improved = best is not None and best.update(step, state, eval_metrics["nelbo"])
         print(eval_summary(step, eval_metrics, trainer.likelihood)
               + (" (best so far)" if improved else ""), flush=True)
@@ -270,17 +279,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             f"{best_nelbo:.2f} nats), kept in {best.directory} "
             f"(evaluate.load_run(workdir, checkpoint='best')).", flush=True)
   reporter.close()
+  if step > start_step:
+    print(outputs_summary(workdir, step, time.monotonic() - run_start, last_eval,
+                          image_dir, has_best=best is not None), flush=True)
   return state
+
+
+def outputs_summary(workdir: str, step: int, seconds: float, last_eval: Optional[int],
+                    image_dir: str, *, has_best: bool = True) -> str:
+  """The last console line of a run: how long it took and where its outputs are."""
+  images = ""
+  if last_eval is not None and os.path.isdir(image_dir):
+    names = sorted(n for n in os.listdir(image_dir) if n.startswith(f"step_{last_eval}_"))
+    if names:
+      images = f", images/{{{','.join(names)}}}"
+  return (f"Done: step {step} in {progress.format_seconds(seconds)}. Outputs in "
+          f"{workdir}: checkpoints/{', checkpoints_best/' if has_best else ''}, "
+          f"metrics.jsonl{images}, "
+          f"config.json, TensorBoard events (tensorboard --logdir {workdir}).")
 
 
 def eval_legend(likelihood) -> str:
   """One line at the start of a run saying what the eval lines' figures are."""
-  own = ("the test -ELBO under the decoder's own likelihood, in nats per example "
-         "(lower is better); the best checkpoint is chosen by it")
+  chosen = "the best checkpoint is chosen by it"
   if likelihood.is_discrete:
-    return f"Eval lines: {own}; bits/dim is the same on the 8-bit data."
-  text = (f"Eval lines: the first figure is {own} (a density of data scaled to [0, 1]; "
-          f"its bits/dim can be negative).")
+    return (f"Eval lines: the test -ELBO under the decoder's own likelihood of the 8-bit "
+            f"data, in nats per example and bits/dim (lower is better); {chosen}.")
+  text = (f"Eval lines: the first figure is the test -ELBO under the decoder's own "
+          f"likelihood, in nats per example (lower is better; a density of data scaled "
+          f"to [0, 1], so its bits/dim can be negative); {chosen}.")
   if type(likelihood).discrete_nll is likelihoods.Likelihood.discrete_nll:
     return text
   return text + (" After '|': the same model discretized over the 256 levels of "
@@ -302,5 +329,5 @@ def eval_summary(step: int, metrics: dict, likelihood) -> str:
     return head + (f" (density, data in [0, 1]) | 8-bit data: "
                    f"{metrics['nelbo_discrete']:.2f} nats, {metrics['bpd_discrete']:.4f} "
                    f"bits/dim (discretized)")
-  return head + (f" ({likelihood.name}: density, data in [0, 1]; no 8-bit "
+  return head + (f" ({likelihood.name}: continuous, data in [0, 1]; no 8-bit "
                  f"likelihood)")
