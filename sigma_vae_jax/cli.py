@@ -310,6 +310,7 @@ def print_config_fields(argv: Sequence[str], name: str, default_path: Optional[s
   configs/default.py) with its value and meaning, one per line."""
   from sigma_vae_jax import config_help  # pylint: disable=g-import-not-at-top
   path = _config_path(argv, name, default_path)
+  sys.stdout.flush()  # the flags show at once; loading a config imports JAX and Flax
   try:
     config, shown, file_path = _load_config(path)
   except Exception as e:  # pylint: disable=broad-except
