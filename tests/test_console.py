@@ -14,7 +14,7 @@ def test_ctrl_c_message_names_the_step_whose_checkpoint_is_written(tmp_path,
   # Long enough not to finish; checkpoints every 4 steps, so that the one the signal
   # writes is (almost always) off the regular ones.
   process = cli_utils.start_cli(workdir, shapes_data_dir, num_train_steps=2000,
-                                eval_every_steps=1000, checkpoint_every_seconds="None")
+                                eval_every_steps=1000)
   cli_utils.wait_for_checkpoint(workdir, 4, process)
   code, out = cli_utils.stop(process, signal.SIGINT)
   assert code == 0, out[-3000:]
