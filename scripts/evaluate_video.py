@@ -170,6 +170,11 @@ def run(workdir: str, output_dir: Optional[str] = None,
   if len(videos) == 0:
     raise ValueError(f"no test videos in dataset {config.dataset.name!r}")
 
+  fid_what = "" if fid_kind == "none" else f", FID ({fid_kind} features)"
+  print(f"Evaluating {config.model.name} ({config.decoder.name}) of {workdir}, {checkpoint} "
+        f"checkpoint (step {int(jax.device_get(state.step))}), on {len(clips)} test clips "
+        f"of {clips.shape[1]} frames: per-frame ELBO, best-of-{num_samples} PSNR/SSIM"
+        f"{fid_what}.", flush=True)
   rng = jax.random.PRNGKey(seed)
   elbo = evaluate.evaluate_elbo_per_frame(trainer, state, clips, batch_size)
   calibrated = evaluate.evaluate_calibrated(trainer, state, clips, batch_size)
@@ -271,6 +276,8 @@ def _plot(rows, result, path):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
+  from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.require_train_extra()
   if not os.path.isdir(args.workdir):
     print(f"ERROR: --workdir={args.workdir} does not exist (train with "
           f"`python -m sigma_vae_jax.main --workdir=...` first).", file=sys.stderr)

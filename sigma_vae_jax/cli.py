@@ -5,9 +5,14 @@ TensorFlow is imported.
 
 * `absl_flags_parser`: the `flags_parser` of `absl.app.run` (the global `FLAGS`);
   `parse_flags`: the same on a `flags.FlagValues` of a script's own. `--help`/`-h`
-  print the usage with every flag and exit 0; an unknown or invalid flag, a misspelt
-  `--config.FIELD` or an unreadable `--config` file exit 2 with one line naming it,
-  no traceback.
+  print the usage with every flag, then every field of the chosen `--config`
+  (`configs/default.py` when none is given) with its value and meaning, and exit 0;
+  `--print_config` prints the resolved config (after the overrides) and exits 0; an
+  unknown or invalid flag, a misspelt `--config.FIELD` or an unreadable `--config`
+  file exit 2 with one line naming it, no traceback. `--config.FIELD=None` sets any
+  field to None (ml_collections would parse "None" as the field's type: a float
+  field fails, a string field becomes 'None'); `configuration.validate_config`
+  refuses None where a field does not take it.
 * `fail(message)`: one `ERROR: ...` line on stderr, exit 1 (expected failures; the
   traceback goes to the debug log, `--verbosity=1`).
 * `quiet_third_party_logs()`: drops known, harmless third-party log records (NOISE)
@@ -50,6 +55,34 @@ def wants_help(argv: Sequence[str]) -> bool:
   return False
 
 
+# What `pip install "sigma_vae_jax[train]"` adds to the core install (setup.cfg), as
+# (module, distribution): the training system, data pipelines and scripts need them.
+TRAIN_EXTRA = "train"
+TRAIN_EXTRA_MODULES = (
+    ("tensorflow", "tensorflow-cpu"), ("tensorflow_datasets", "tensorflow-datasets"),
+    ("orbax.checkpoint", "orbax-checkpoint"), ("clu", "clu"), ("tensorboard", "tensorboard"),
+    ("PIL", "pillow"), ("matplotlib", "matplotlib"))
+
+
+def _importable(module: str) -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):  # a missing parent package, a broken module
+    return False
+
+
+def require_train_extra() -> None:
+  """Exits 1 with one line naming the extra to install if a package of the training
+  extra is missing (an entry point calls this after --help, before its imports)."""
+  missing = [dist for module, dist in TRAIN_EXTRA_MODULES if not _importable(module)]
+  if missing:
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "this"
+    fail(f"{program} needs the training extra, which is not installed (missing: "
+         f"{', '.join(missing)}): pip install \"sigma_vae_jax[{TRAIN_EXTRA}]\" (in a "
+         f"clone: pip install -e \".[{TRAIN_EXTRA}]\").")
+
+
 def usage_error(message: str) -> NoReturn:
   """A command-line mistake: one line on stderr, exit 2. (A config file whose own
   code fails keeps its traceback: ml_collections puts it in the message.)"""
@@ -82,14 +115,21 @@ def absl_flags_parser(argv: Sequence[str]) -> list[str]:
   if wants_help(argv):
     from absl import app  # pylint: disable=g-import-not-at-top
     full = any(a in ("--helpfull", "-helpfull") for a in argv[1:])
-    app.usage(shorthelp=not full, writeto_stdout=True, exitcode=0)
+    app.usage(shorthelp=not full, writeto_stdout=True, exitcode=None)
+    print(_print_config_flag_help())
+    print_config_fields(argv, "config", _default_path(flags.FLAGS, "config"))
+    sys.exit(0)
   return parse_flags(flags.FLAGS, argv)
 
 
 def parse_flags(fv: flags.FlagValues, argv: Sequence[str], *,
-                description: Optional[str] = None, config_flag: str = "config"
-                ) -> list[str]:
+                description: Optional[str] = None, config_flag: str = "config",
+                require_extra: bool = True) -> list[str]:
   """Parses argv (argv[0]: the program) into fv; returns the remaining arguments.
+
+  With require_extra (every entry point of this package trains or evaluates), a
+  missing package of the training extra exits 1 with one line naming the extra
+  (`require_train_extra`), after --help.
 
   --help/-h: `description` (default: the __main__ module's docstring) and fv's flags
   on stdout, exit 0. Mistakes exit 2 with one line: an unknown or invalid flag, a
@@ -98,8 +138,13 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], *,
   """
   argv = list(argv)
   if wants_help(argv):
-    print_help(fv, argv[0], description)
+    print_help(fv, argv[0], description, config_flag=config_flag, argv=argv)
     sys.exit(0)
+  if require_extra:
+    require_train_extra()
+  argv, none_fields = split_none_overrides(argv, config_flag)
+  if config_flag in fv and PRINT_CONFIG_FLAG not in fv:
+    flags.DEFINE_bool(PRINT_CONFIG_FLAG, False, _PRINT_CONFIG_HELP, flag_values=fv)
   try:
     rest = fv(argv)
   except flags.Error as e:
@@ -113,6 +158,12 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], *,
   if config_flag in fv and type(fv[config_flag].value).__name__ == "_ErrorConfig":
     usage_error(config_problem(argv, config_flag, _default_path(fv, config_flag))
                 or f"--{config_flag}: the config file cannot be loaded")
+  if config_flag in fv and fv[config_flag].value is not None:
+    set_fields_to_none(fv[config_flag].value, none_fields, config_flag)
+    if fv[PRINT_CONFIG_FLAG].value:
+      _print_resolved_config(fv[config_flag].value, argv, config_flag,
+                             _default_path(fv, config_flag))
+      sys.exit(0)
   return rest
 
 
@@ -129,6 +180,8 @@ def define_config_file(name: str, default: Optional[str], help_string: str,
     flags.DEFINE_string(name, default, help_string, flag_values=flag_values)
     return
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  # --NAME.FIELD=None is applied by parse_flags, after ml_collections' parsing.
+  argv, _ = split_none_overrides(argv, name)
   try:
     config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values,
                                     lock_config=lock_config, sys_argv=list(argv))
@@ -145,11 +198,14 @@ def _default_path(fv: flags.FlagValues, name: str) -> Optional[str]:
   if isinstance(default, str):
     return default
   text = fv[name].default_as_str or ""
-  return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else None
+  path = text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else None
+  return None if path == "None" else path
 
 
-def print_help(fv: flags.FlagValues, program: str, description: Optional[str] = None
+def print_help(fv: flags.FlagValues, program: str, description: Optional[str] = None,
+               *, config_flag: str = "config", argv: Optional[Sequence[str]] = None
                ) -> None:
+  """The description, every flag and (if fv has a config flag) the config's fields."""
   if description is None:
     description = getattr(sys.modules.get("__main__"), "__doc__", None)
   text = (description or "").strip("\n")
@@ -157,7 +213,124 @@ def print_help(fv: flags.FlagValues, program: str, description: Optional[str] = 
   print("\nflags:")
   for line in _flags_help(fv).splitlines():
     print(line)
+  if config_flag in fv:
+    print(_print_config_flag_help())
+    print_config_fields(sys.argv if argv is None else argv, config_flag,
+                        _default_path(fv, config_flag))
   sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------------
+# Config fields: listing them, printing the resolved config, --config.FIELD=None.
+# ----------------------------------------------------------------------------------
+
+PRINT_CONFIG_FLAG = "print_config"
+_PRINT_CONFIG_HELP = ("Print every field of the resolved config (after the "
+                      "--config.FIELD overrides) with its value and meaning, and exit.")
+NONE_VALUE = "None"
+# The config --help lists when no --config is given (configs/default.py is this one).
+DEFAULT_CONFIG_NAME = "configs/default.py"
+
+
+def _print_config_flag_help() -> str:
+  import textwrap  # pylint: disable=g-import-not-at-top
+  return "\n".join(textwrap.wrap(f"--[no]{PRINT_CONFIG_FLAG}: {_PRINT_CONFIG_HELP}",
+                                 width=88, initial_indent="  ",
+                                 subsequent_indent="      "))
+
+
+def split_none_overrides(argv: Sequence[str], name: str = "config"
+                         ) -> tuple[list[str], list[str]]:
+  """(argv without its --NAME.FIELD=None / --NAME.FIELD None arguments, those FIELDs)."""
+  argv = list(argv)
+  rest, fields = argv[:1], []
+  i = 1
+  while i < len(argv):
+    arg = argv[i]
+    if arg == "--":
+      rest.extend(argv[i:])
+      break
+    match = re.match(rf"^--?{re.escape(name)}\.([^=]+)(?:=(.*))?$", arg)
+    if match and match.group(2) == NONE_VALUE:
+      fields.append(match.group(1))
+      i += 1
+      continue
+    if (match and match.group(2) is None and i + 1 < len(argv)
+        and argv[i + 1] == NONE_VALUE):
+      fields.append(match.group(1))
+      i += 2
+      continue
+    rest.append(arg)
+    i += 1
+  return rest, fields
+
+
+def set_fields_to_none(config, fields: Sequence[str], name: str = "config") -> None:
+  """Sets each dotted field of config to None; a field the config lacks exits 2 with
+  one line (as a misspelt --NAME.FIELD=VALUE does)."""
+  for dotted in fields:
+    problem = _missing_field(config, dotted, name)
+    if problem:
+      usage_error(problem)
+    node = config
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = None
+
+
+def _load_config(path: Optional[str]):
+  """(config, its name) of a config file PATH[:ARGS], or of configs/default.py
+  (the package's default config) when path is None. Raises on failure."""
+  if not path:
+    from sigma_vae_jax import default_config  # pylint: disable=g-import-not-at-top
+    return default_config.get_config(), DEFAULT_CONFIG_NAME, None
+  file_path, *args = str(path).split(":", 1)
+  file_path = os.path.expanduser(file_path)
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("_config_for_help", file_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args), _shown_path(path), file_path
+
+
+def _shown_path(path: str) -> str:
+  """A config path as a user would type it: relative to the working directory when
+  it lies below it."""
+  if os.path.isabs(path):
+    relative = os.path.relpath(path)
+    if not relative.startswith(".."):
+      return relative
+  return path
+
+
+def print_config_fields(argv: Sequence[str], name: str, default_path: Optional[str]
+                        ) -> None:
+  """For --help: every field of the --NAME config of argv (its default, else
+  configs/default.py) with its value and meaning, one per line."""
+  from sigma_vae_jax import config_help  # pylint: disable=g-import-not-at-top
+  path = _config_path(argv, name, default_path)
+  sys.stdout.flush()  # the flags show at once; loading a config imports JAX and Flax
+  try:
+    config, shown, file_path = _load_config(path)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"\nconfig fields: cannot list those of --{name}={path} ({_one_line(e)})")
+    return
+  print(f"\nconfig fields of {shown} (set with --{name}.FIELD=VALUE or "
+        f"--{name}.FIELD=None; --{PRINT_CONFIG_FLAG} shows them after the overrides):")
+  docs = config_help.default_docs(config_help.model_name_of(config), file_path)
+  print(config_help.fields_listing(config, docs))
+
+
+def _print_resolved_config(config, argv: Sequence[str], name: str,
+                           default_path: Optional[str]) -> None:
+  from sigma_vae_jax import config_help  # pylint: disable=g-import-not-at-top
+  path = _config_path(argv, name, default_path)
+  file_path = os.path.expanduser(str(path).split(":", 1)[0]) if path else None
+  print(f"# the config of --{name}={_shown_path(path) if path else path} after the "
+        f"command line's overrides")
+  docs = config_help.default_docs(config_help.model_name_of(config), file_path)
+  print(config_help.fields_listing(config, docs, indent=""), flush=True)
 
 
 def _flags_help(fv: flags.FlagValues) -> str:

@@ -30,6 +30,15 @@ EVAL_SIGMA_RULES = ("auto", "fit", "running_average")
 _LOWEST_LOG_SIGMA_MIN = -80.0
 
 
+# The fields that take None (each documented so in default_config.py); `--config.FIELD=None`
+# sets any field to None on the command line and validate_config refuses it elsewhere.
+NULLABLE_FIELDS = (
+    "dataset.data_dir", "dataset.image_size", "dataset.center_crop", "dataset.manual_dir",
+    "dataset.clip_length", "dataset.test_path", "decoder.beta", "decoder.sigma_axes",
+    "decoder.log_sigma_min", "decoder.log_sigma_max", "grad_clip_norm",
+    "skip_update_grad_norm", "ema_decay", "checkpoint_every_seconds")
+
+
 class ConfigError(ValueError):
   """An invalid config value; the message starts with the field name."""
 
@@ -41,6 +50,7 @@ def _require(condition: bool, field: str, message: str) -> None:
 
 def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -> None:
   """Raises ConfigError naming the first invalid field of `config`."""
+  _check_no_unexpected_none(config)
   dec = config.decoder
   _require(dec.name in likelihoods.LIKELIHOODS, "decoder.name",
            f"unknown decoder {dec.name!r}; choose one of {sorted(likelihoods.LIKELIHOODS)}")
@@ -134,6 +144,19 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
       raise ConfigError(str(e)) from None
   _require(0.0 < config.dataset.test_fraction < 1.0, "dataset.test_fraction",
            f"must be in (0, 1); got {config.dataset.test_fraction}")
+
+
+def _check_no_unexpected_none(config) -> None:
+  def leaves(node, prefix=""):
+    for key, value in node.items():
+      if hasattr(value, "items"):
+        yield from leaves(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", value
+  for name, value in leaves(config):
+    _require(value is not None or name in NULLABLE_FIELDS, name,
+             f"needs a value, not None (the fields that take None: "
+             f"{', '.join(NULLABLE_FIELDS)})")
 
 
 def structural_differences(saved: dict, current: dict) -> list[str]:

@@ -14,6 +14,7 @@ from sigma_vae_jax.models import conv_vae
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  # Seed of the parameters' initialisation, the training noise and the data order.
   config.seed = 0
 
   config.dataset = ml_collections.ConfigDict()
@@ -25,8 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.data_dir = config_dict.placeholder(str)
   # Output image size (H, W); None keeps the dataset's native size.
   config.dataset.image_size = config_dict.placeholder(tuple)
-  # Held-out fraction for datasets without a test split (numpy, folder, frey_face).
+  # Held-out fraction for datasets without a test split (numpy, folder, numpy_videos,
+  # frey_face) when dataset.test_path is unset.
   config.dataset.test_fraction = 0.1
+  # numpy, folder, numpy_videos: your own test split (a file or folder of the same
+  # format as dataset.path); None holds out dataset.test_fraction of dataset.path.
+  config.dataset.test_path = config_dict.placeholder(str)
   # Keep the whole dataset in device memory as uint8 and gather batches inside the
   # jitted step (fast for small datasets); False streams through tf.data.
   config.dataset.on_device = True
@@ -51,14 +56,14 @@ def get_config() -> ml_collections.ConfigDict:
   # bair: the camera, "image_aux1" (the SVG reference's) or "image_main".
   config.dataset.bair_view = "image_aux1"
 
-  # The model family (`models.MODELS`) and its fields: the paper's small conv VAE.
-  # configs/*_hvae.py and configs/bair_svg*.py replace this section.
+  # The model family (model.name, one of models.MODELS) and its fields. Default: the
+  # paper's small conv VAE; configs/*_hvae.py and configs/bair_svg*.py replace it.
   config.model = conv_vae.default_config()
 
   config.decoder = ml_collections.ConfigDict()
   # The likelihood p(x|z), the paper's "decoder": one of likelihoods.LIKELIHOODS.
   config.decoder.name = "optimal_sigma"
-  # KL weight, only for the `beta` decoder (the beta-VAE baseline).
+  # KL weight, only for the `beta` decoder (the beta-VAE baseline); None for the others.
   config.decoder.beta = config_dict.placeholder(float)
   # Decay of the running average of sigma used at evaluation (optimal sigma decoders).
   config.decoder.sigma_ema_decay = 0.99
@@ -82,9 +87,11 @@ def get_config() -> ml_collections.ConfigDict:
   # sigma*, as the optimal sigma-VAE) or "learned" (one scalar, gradient descent).
   config.decoder.scale = "optimal"
 
+  # Global batch (examples per step), split over all devices.
   config.batch_size = 64
   # "adam", "adamax" (the hierarchical VAE's default) or "sgd", at learning_rate.
   config.optimizer = "adam"
+  # Step size of the optimizer (constant).
   config.learning_rate = 1e-3
   # Clip the global gradient norm to this before the update (None: no clipping).
   config.grad_clip_norm = config_dict.placeholder(float)
@@ -97,8 +104,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Free bits: nats per latent group below which its KL is not penalised, in
   # training only (0: off); reported ELBOs never include it.
   config.free_bits = 0.0
+  # Optimizer steps of the whole run (a resumed run continues to this step).
   config.num_train_steps = 1500
+  # Steps between progress lines and train rows of metrics.jsonl (averaged).
   config.log_every_steps = 50
+  # Steps between test-set evaluations (ELBO, images); also at the last step.
   config.eval_every_steps = 500
   # The sigma*^2 that scores the decoders whose evaluation sigma is estimated
   # (optimal_sigma, discretized_* with scale=optimal): "fit" refits it before each
@@ -110,11 +120,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Training batches (of batch_size, at most one epoch) of that fit; always the same
   # ones (the first of the training stream shuffled with `seed`), never test data.
   config.eval_sigma_train_batches = 16
+  # Steps between checkpoints in WORKDIR/checkpoints/; also at the last step.
   config.checkpoint_every_steps = 500
   # Also checkpoint when this many seconds have passed since the last checkpoint
   # (checked at the logging steps, so a resumed run stays exact), so that a killed
   # run loses at most this much work whatever the step interval; None: steps only.
   config.checkpoint_every_seconds = config_dict.FieldReference(120.0, field_type=float)
+  # Latest checkpoints kept in WORKDIR/checkpoints/ (older ones are deleted).
   config.max_checkpoints_to_keep = 3
   # Keep the checkpoint with the best eval ELBO in WORKDIR/checkpoints_best/ beside
   # the latest ones (small datasets overfit); evaluate.load_run(..., checkpoint="best").

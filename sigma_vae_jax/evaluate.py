@@ -50,6 +50,7 @@ from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import losses
 from sigma_vae_jax import metrics
 from sigma_vae_jax import models
+from sigma_vae_jax import progress
 from sigma_vae_jax import train_step
 from sigma_vae_jax import trainer as trainer_lib
 from sigma_vae_jax import video_metrics
@@ -176,6 +177,11 @@ def _batch_size_for(trainer: trainer_lib.Trainer, batch_size: int) -> int:
   return max(n, -(-batch_size // n) * n)
 
 
+def _progress(label: str, trainer, num_rows: int, batch_size: int) -> progress.Progress:
+  """Progress lines (with a time estimate) over the batches of num_rows rows."""
+  return progress.Progress(label, -(-num_rows // _batch_size_for(trainer, batch_size)))
+
+
 def _batches(trainer, data: np.ndarray, batch_size: int):
   """(sharded uint8 batch, sharded mask, number of valid rows) for each padded batch."""
   batch_size = _batch_size_for(trainer, batch_size)
@@ -286,7 +292,8 @@ def iwae_log_weights(trainer, state, images: np.ndarray, num_samples: int,
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1; got {num_samples}")
   columns = []
-  for i, (batch, _, n) in enumerate(_batches(trainer, images, batch_size)):
+  bar = _progress(f"IWAE (K={num_samples})", trainer, len(images), batch_size)
+  for i, (batch, _, n) in enumerate(bar.iterate(_batches(trainer, images, batch_size))):
     batch_key = jax.random.fold_in(rng, i)
     chunks, done, j = [], 0, 0
     while done < num_samples:
@@ -404,7 +411,8 @@ def prior_samples(trainer, state, num_samples: int, rng: jax.Array,
   Batch i draws with key fold_in(rng, i); latent noise scaled by `temperature`."""
   batch_size = _batch_size_for(trainer, batch_size)
   samples = []
-  for i, start in enumerate(range(0, num_samples, batch_size)):
+  bar = progress.Progress("prior samples", -(-num_samples // batch_size))
+  for i, start in enumerate(bar.iterate(range(0, num_samples, batch_size))):
     n = min(batch_size, num_samples - start)
     out = trainer.sample(state, jax.random.fold_in(rng, i), num=batch_size,
                          temperature=temperature)
@@ -544,7 +552,9 @@ def video_prediction_scores(trainer, state, clips: np.ndarray, rng: jax.Array,
                      f"needs frames of at least that size; got {h}x{w}")
   keys = ("psnr", "ssim", "psnr_max", "ssim_max")
   per_clip = {k: [] for k in keys}
-  for i, (_, batch, n) in enumerate(_cyclic_batches(trainer, clips, batch_size)):
+  bar = _progress(f"best-of-{num_samples} PSNR/SSIM", trainer, len(clips), batch_size)
+  for i, (_, batch, n) in enumerate(bar.iterate(_cyclic_batches(trainer, clips,
+                                                                batch_size))):
     context = batch[:, :num_context]
     batch_key = jax.random.fold_in(rng, i)
     best = None
@@ -581,7 +591,9 @@ def video_fid(trainer, state, clips: np.ndarray, fid_kind: str, rng: jax.Array,
   num_context = _check_clips(trainer, clips)
   feature_fn = fid_feature_fn(fid_kind, weights_path)
   predicted, reference = [], []
-  for i, (start, batch, n) in enumerate(_cyclic_batches(trainer, clips, batch_size)):
+  bar = _progress(f"FID ({fid_kind}) of predicted frames", trainer, len(clips), batch_size)
+  for i, (start, batch, n) in enumerate(bar.iterate(_cyclic_batches(trainer, clips,
+                                                                    batch_size))):
     frames = trainer.sample(state, jax.random.fold_in(rng, i), num=batch.shape[0],
                             context=batch[:, :num_context], temperature=temperature)
     num_frames = min(frames.shape[1], clips.shape[1] - num_context)

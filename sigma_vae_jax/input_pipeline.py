@@ -70,6 +70,7 @@ if __name__ == "__main__":
   # the imports below (TensorFlow takes seconds).
   _argument_parser().parse_args()
   from sigma_vae_jax import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.require_train_extra()
   _cli.set_tensorflow_env_defaults()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -106,6 +107,8 @@ DEFAULT_CLIP_LENGTH = 12
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _LOAD_BATCH = 1024
 _SPLITS = ("train", "test")
+# Datasets read from dataset.path, which may take their test split from dataset.test_path.
+_OWN_DATA = ("numpy", "folder", "numpy_videos")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -692,13 +695,17 @@ def _require_path(cfg, kind: str) -> str:
             "numpy_videos": "a .npy/.npz file of uint8 videos [N, T, H, W, C]",
             }.get(kind, "a folder of image files (png/jpg)")
     raise ValueError(f"dataset.name={kind!r} needs `dataset.path`: {what}; it is empty.")
+  return _existing(path, "dataset.path")
+
+
+def _existing(path, field: str) -> str:
   path = os.path.expanduser(os.fspath(path))
   if not os.path.exists(path):
-    raise FileNotFoundError(f"`dataset.path`={path!r} does not exist.")
+    raise FileNotFoundError(f"`{field}`={path!r} does not exist.")
   return path
 
 
-def _load_array(path: str, key: str, form: str) -> np.ndarray:
+def _load_array(path: str, key: str, form: str, field: str = "dataset.path") -> np.ndarray:
   """The array of a .npy file, or of a .npz file (`key`, else its first array).
 
   A file numpy cannot read (truncated, not .npy/.npz, a pickled object array) raises
@@ -710,14 +717,14 @@ def _load_array(path: str, key: str, form: str) -> np.ndarray:
       if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
           if not loaded.files:
-            raise ValueError(f"`dataset.path`={path!r}: the .npz file holds no arrays.")
+            raise ValueError(f"`{field}`={path!r}: the .npz file holds no arrays.")
           return loaded[key if key in loaded.files else loaded.files[0]]
       return loaded
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    if str(e).startswith("`dataset.path`"):
+    if str(e).startswith(f"`{field}`"):
       raise
     raise ValueError(
-        f"`dataset.path`={path!r} is not a readable .npy/.npz file of {form} "
+        f"`{field}`={path!r} is not a readable .npy/.npz file of {form} "
         f"({type(e).__name__}: {_one_line(e)}).") from e
 
 
@@ -725,27 +732,33 @@ def _one_line(text) -> str:
   return " ".join(str(text).split())
 
 
-def load_numpy_images(path: str) -> np.ndarray:
-  """uint8 [N, H, W, C] from a .npy file or a .npz file (key 'images', else the first)."""
+def load_numpy_images(path: str, field: str = "dataset.path") -> np.ndarray:
+  """uint8 [N, H, W, C] from a .npy file or a .npz file (key 'images', else the first);
+  errors name `field` (the config field the path came from)."""
   if os.path.isdir(path):
-    raise ValueError(f"`dataset.path`={path!r} is a folder; dataset.name='numpy' needs a "
+    raise ValueError(f"`{field}`={path!r} is a folder; dataset.name='numpy' needs a "
                      f".npy/.npz file (use dataset.name='folder' for image folders).")
-  images = _load_array(path, "images", "a uint8 array [N, H, W] or [N, H, W, C]")
+  images = _load_array(path, "images", "a uint8 array [N, H, W] or [N, H, W, C]", field)
   if images.dtype != np.uint8:
-    raise ValueError(f"`dataset.path`={path!r}: expected a uint8 array [N, H, W] or "
+    raise ValueError(f"`{field}`={path!r}: expected a uint8 array [N, H, W] or "
                      f"[N, H, W, C]; got dtype {images.dtype} (convert with "
                      f"np.clip(np.round(x * 255), 0, 255).astype(np.uint8) for floats in "
                      f"[0, 1]).")
   if images.ndim == 3:
     images = images[..., None]
+  if images.ndim == 5:
+    raise ValueError(f"`{field}`={path!r}: expected a uint8 array [N, H, W] or "
+                     f"[N, H, W, C]; got shape {images.shape}, which looks like videos "
+                     f"[N, T, H, W, C]: videos take dataset.name=numpy_videos.")
   if images.ndim != 4:
-    raise ValueError(f"`dataset.path`={path!r}: expected a uint8 array [N, H, W] or "
+    raise ValueError(f"`{field}`={path!r}: expected a uint8 array [N, H, W] or "
                      f"[N, H, W, C]; got shape {images.shape}.")
   return np.ascontiguousarray(images)
 
 
-def load_image_folder(path: str) -> np.ndarray:
-  """uint8 [N, H, W, C] from the image files under `path` (sorted, recursive).
+def load_image_folder(path: str, field: str = "dataset.path") -> np.ndarray:
+  """uint8 [N, H, W, C] from the image files under `path` (sorted, recursive); errors
+  name `field` (the config field the path came from).
 
   Grayscale images stay 1-channel; colour (and palette) images become RGB (alpha is
   dropped); if the folder mixes both, grayscale images are converted to RGB. All images
@@ -754,13 +767,13 @@ def load_image_folder(path: str) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   if not os.path.isdir(path):
-    raise ValueError(f"`dataset.path`={path!r} is not a folder; dataset.name='folder' "
+    raise ValueError(f"`{field}`={path!r} is not a folder; dataset.name='folder' "
                      f"needs a folder of image files.")
   files = sorted(
       os.path.join(root, f) for root, _, names in os.walk(path) for f in names
       if f.lower().endswith(IMAGE_EXTENSIONS))
   if not files:
-    raise ValueError(f"`dataset.path`={path!r}: no image files "
+    raise ValueError(f"`{field}`={path!r}: no image files "
                      f"({', '.join(IMAGE_EXTENSIONS)}) found.")
   images, size0 = [], None
   for f in files:
@@ -772,14 +785,14 @@ def load_image_folder(path: str) -> np.ndarray:
       # PIL raises OSError (truncated), UnidentifiedImageError, SyntaxError (broken
       # PNG chunks), DecompressionBombError...: all mean this file cannot be used.
       raise ValueError(
-          f"`dataset.path`: cannot read the image file {f} ({type(e).__name__}: "
+          f"`{field}`: cannot read the image file {f} ({type(e).__name__}: "
           f"{_one_line(e)}); fix or remove it.") from e
     size = image.shape[:2]
     if size0 is None:
       size0 = (size, f)
     elif size != size0[0]:
       raise ValueError(
-          f"`dataset.path`: image {f} is {size[0]}x{size[1]} (HxW) but "
+          f"`{field}`: image {f} is {size[0]}x{size[1]} (HxW) but "
           f"{size0[1]} is {size0[0][0]}x{size0[0][1]}; all images must have the same "
           f"size.")
     images.append(image)
@@ -801,57 +814,105 @@ def _split_note(num_test: int, total: int, fraction, what: str = "") -> str:
           f"same split in every run)")
 
 
+def _own_test_split(train: np.ndarray, test: np.ndarray, unit: str,
+                    example_axes: int) -> None:
+  """Raises ValueError naming `dataset.test_path` if its examples (the last
+  `example_axes` axes, after preprocessing) differ from `dataset.path`'s."""
+  if test.dtype != train.dtype:
+    raise ValueError(f"`dataset.test_path`: its {unit} are {test.dtype} but those of "
+                     f"`dataset.path` are {train.dtype}; both splits must be uint8.")
+  shape_train, shape_test = train.shape[-example_axes:], test.shape[-example_axes:]
+  if shape_train != shape_test:
+    raise ValueError(
+        f"`dataset.test_path`: its {unit} are {'x'.join(map(str, shape_test))} but "
+        f"those of `dataset.path` are {'x'.join(map(str, shape_train))}; both splits "
+        f"must have the same size and channels (dataset.image_size resizes both).")
+
+
+def _test_path_note(origin: str) -> str:
+  return f"test split: dataset.test_path ({origin})"
+
+
 def _holdout_source(name: str, images: np.ndarray, cfg, pre: _Preprocess,
-                    origin: str = "") -> DataSource:
+                    origin: str = "", test: np.ndarray | None = None,
+                    test_origin: str = "") -> DataSource:
+  """Images [N, H, W, C]: a seeded `dataset.test_fraction` held out as the test split,
+  or, given `test` (read from `dataset.test_path`), all of `images` for training and
+  `test` for testing."""
   preprocessing = pre.describe(images.shape[1:])
   images = pre.simplified(images.shape[1:]).np_apply(images)
-  fraction = _get(cfg, "test_fraction", 0.1)
-  idx = holdout_indices(len(images), fraction)
-  splits = {s: images[idx[s]] for s in _SPLITS}
+  if test is not None:
+    test = pre.simplified(test.shape[1:]).np_apply(test)
+    _own_test_split(images, test, "images", 3)
+    splits = {"train": images, "test": test}
+    split_note = _test_path_note(test_origin)
+  else:
+    fraction = _get(cfg, "test_fraction", 0.1)
+    idx = holdout_indices(len(images), fraction)
+    splits = {s: images[idx[s]] for s in _SPLITS}
+    split_note = _split_note(len(idx["test"]), len(images), fraction)
   return DataSource(name=name, image_shape=tuple(int(x) for x in images.shape[1:]),
                     num_examples={s: len(v) for s, v in splits.items()},
                     _backend=_ArrayBackend(splits), _origin=origin,
-                    _preprocessing=preprocessing,
-                    _split=_split_note(len(idx["test"]), len(images), fraction))
+                    _preprocessing=preprocessing, _split=split_note)
 
 
 def _video_holdout_source(name: str, videos: np.ndarray, cfg, pre: _Preprocess,
-                          origin: str = "") -> DataSource:
+                          origin: str = "", test: np.ndarray | None = None,
+                          test_origin: str = "") -> DataSource:
   """Videos [N, T, H, W, C]: a seeded fraction of the *videos* held out (no clip of a
-  test video is trained on), each split cut into non-overlapping clips of
+  test video is trained on), or, given `test` videos (from `dataset.test_path`), all
+  of `videos` for training; each split cut into non-overlapping clips of
   `dataset.clip_length` frames (default: whole videos) chosen by
   `dataset.clip_selection` (`clip_starts`)."""
+  def preprocessed(v):
+    frames = pre.simplified(v.shape[2:]).np_apply(v.reshape((-1,) + v.shape[2:]))
+    return frames.reshape(v.shape[:2] + frames.shape[1:])
+
   n, t = videos.shape[:2]
   preprocessing = pre.describe(videos.shape[2:])
-  frames = pre.simplified(videos.shape[2:]).np_apply(videos.reshape((-1,) + videos.shape[2:]))
-  videos = frames.reshape((n, t) + frames.shape[1:])
-  length = int(_get(cfg, "clip_length", t))
-  fraction = _get(cfg, "test_fraction", 0.1)
-  idx = holdout_indices(n, fraction)
+  videos = preprocessed(videos)
+  length = _get(cfg, "clip_length", None)
   selection = _get(cfg, "clip_selection", DEFAULT_CLIP_SELECTION)
-  splits = {s: extract_clips(videos[idx[s]], length, selection=selection)
-            for s in _SPLITS}
+  if test is not None:
+    test = preprocessed(test)
+    _own_test_split(videos, test, "video frames", 3)
+    if length is None and test.shape[1] != t:
+      raise ValueError(
+          f"`dataset.test_path`: its videos have {test.shape[1]} frames but those of "
+          f"`dataset.path` have {t}; set dataset.clip_length (at most "
+          f"{min(t, test.shape[1])}) to cut both into clips of one length.")
+    length = int(t if length is None else length)
+    splits = {"train": extract_clips(videos, length, selection=selection), "test": extract_clips(test, length, selection=selection)}
+    split_note = _test_path_note(test_origin)
+  else:
+    length = int(t if length is None else length)
+    fraction = _get(cfg, "test_fraction", 0.1)
+    idx = holdout_indices(n, fraction)
+    splits = {s: extract_clips(videos[idx[s]], length, selection=selection) for s in _SPLITS}
+    split_note = _split_note(len(idx["test"]), n, fraction, " videos")
   clips = (f"{_clips_text(selection)} of dataset.clip_length={length} of the {t} frames "
            f"of each video")
   return DataSource(name=name, image_shape=tuple(int(x) for x in splits["train"].shape[1:]),
                     num_examples={s: len(v) for s, v in splits.items()},
                     _backend=_ArrayBackend(splits), _origin=origin,
                     _preprocessing=", ".join(p for p in (clips, preprocessing) if p),
-                    _split=_split_note(len(idx["test"]), n, fraction, " videos"))
+                    _split=split_note)
 
 
 def _clips_text(selection: str) -> str:
   return {"first": "the first clip", "windows": "non-overlapping clips"}[selection]
 
 
-def load_numpy_videos(path: str) -> np.ndarray:
-  """uint8 videos [N, T, H, W, C] (or [N, T, H, W]) from a .npy / .npz file."""
+def load_numpy_videos(path: str, field: str = "dataset.path") -> np.ndarray:
+  """uint8 videos [N, T, H, W, C] (or [N, T, H, W]) from a .npy / .npz file; errors
+  name `field` (the config field the path came from)."""
   if os.path.isdir(path):
-    raise ValueError(f"`dataset.path`={path!r} is a folder; dataset.name='numpy_videos' "
+    raise ValueError(f"`{field}`={path!r} is a folder; dataset.name='numpy_videos' "
                      f"needs a .npy/.npz file of uint8 videos [N, T, H, W, C].")
-  videos = _load_array(path, "videos", "uint8 videos [N, T, H, W, C]")
+  videos = _load_array(path, "videos", "uint8 videos [N, T, H, W, C]", field)
   if videos.dtype != np.uint8 or videos.ndim not in (4, 5):
-    raise ValueError(f"`dataset.path`={path!r}: expected uint8 videos [N, T, H, W, C] "
+    raise ValueError(f"`{field}`={path!r}: expected uint8 videos [N, T, H, W, C] "
                      f"or [N, T, H, W]; got {videos.dtype} of shape {videos.shape}.")
   if videos.ndim == 4:
     videos = videos[..., None]
@@ -898,21 +959,37 @@ def get_data_source(dataset_config) -> DataSource:
       center_crop=_parse_size(_get(dataset_config, "center_crop", None), "center_crop"),
       image_size=_parse_size(_get(dataset_config, "image_size", None), "image_size"))
 
+  test_path = _get(dataset_config, "test_path", None)
+  if test_path and name not in _OWN_DATA:
+    raise ValueError(f"`dataset.test_path` is for your own data ({', '.join(_OWN_DATA)}); "
+                     f"dataset.name={name!r} has its own test split. Unset it.")
+  if test_path:
+    test_path = _existing(test_path, "dataset.test_path")
   if name == "numpy":
     path = _require_path(dataset_config, name)
+    test = load_numpy_images(test_path, "dataset.test_path") if test_path else None
     return _holdout_source(name, load_numpy_images(path), dataset_config, pre,
-                           origin=f"file {path}")
+                           origin=f"file {path}", test=test,
+                           test_origin=f"{len(test):,} images in {test_path}"
+                           if test_path else "")
   if name == "numpy_videos":
     path = _require_path(dataset_config, name)
     videos = load_numpy_videos(path)
+    test = load_numpy_videos(test_path, "dataset.test_path") if test_path else None
     return _video_holdout_source(
         name, videos, dataset_config, pre,
-        origin=f"{len(videos):,} videos of {videos.shape[1]} frames in {path}")
+        origin=f"{len(videos):,} videos of {videos.shape[1]} frames in {path}", test=test,
+        test_origin=(f"{len(test):,} videos of {test.shape[1]} frames in {test_path}"
+                     if test_path else ""))
   if name == "folder":
     path = _require_path(dataset_config, name)
     images = load_image_folder(path)
+    test = load_image_folder(test_path, "dataset.test_path") if test_path else None
     return _holdout_source(name, images, dataset_config, pre,
-                           origin=f"{len(images):,} image files found under {path}")
+                           origin=f"{len(images):,} image files found under {path}",
+                           test=test,
+                           test_origin=(f"{len(test):,} image files found under "
+                                        f"{test_path}" if test_path else ""))
 
   spec = _TFDS_SPECS[name]
   if name == "bair":

@@ -28,6 +28,7 @@ import numpy as np
 
 from sigma_vae_jax import inception
 from sigma_vae_jax import losses
+from sigma_vae_jax import progress
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -286,7 +287,8 @@ def compute_features(images, feature_fn: Callable[[Array], Array], batch_size: i
     raise ValueError("no images")
   batch_size = min(batch_size, n)
   out = []
-  for start in range(0, n, batch_size):
+  bar = progress.Progress("FID features", -(-n // batch_size))
+  for start in bar.iterate(range(0, n, batch_size)):
     batch = np.asarray(images[start:start + batch_size])
     m = batch.shape[0]
     if m < batch_size:

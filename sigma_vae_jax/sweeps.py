@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from sigma_vae_jax import cli
+from sigma_vae_jax import progress
 
 # Imported on first use (JAX, and TensorFlow through train/evaluate, take seconds):
 # a script's --help answers before them. `sweeps.evaluate` etc. still work.
@@ -262,7 +263,10 @@ def run_sweep(base_config, variants: Sequence[Variant], workdir_root: str,
     config = apply_overrides(base_config, dict(variant.overrides, seed=seed))
     workdir = run_workdir(workdir_root, config)
     label = f"[{i + 1}/{total}] {variant.name} seed {seed}"
-    print(f"{label} ({_elapsed(start)} elapsed)", flush=True)
+    eta = ""
+    if i:  # the runs so far (trained or reused) at their mean pace
+      eta = f", ETA {progress.format_seconds((time.time() - start) / i * (total - i))}"
+    print(f"{label} ({_elapsed(start)} elapsed{eta})", flush=True)
     train_or_reuse(config, workdir, label)
     row = {"variant": variant.name, "seed": seed, **variant.columns}
     if settings is not None:

@@ -26,7 +26,9 @@ import numpy as np
 from sigma_vae_jax import checkpointing
 from sigma_vae_jax import configuration
 from sigma_vae_jax import input_pipeline
+from sigma_vae_jax import likelihoods
 from sigma_vae_jax import models
+from sigma_vae_jax import progress
 from sigma_vae_jax import reporting
 from sigma_vae_jax import train_step
 from sigma_vae_jax import trainer as trainer_lib
@@ -51,11 +53,24 @@ def _padded_stream(iterator: Iterator[np.ndarray], batch_size: int, num_batches:
 
 
 class _Preemption:
-  """SIGTERM/SIGINT: finish the current step, checkpoint, exit 0. A second one: exit now."""
+  """SIGTERM/SIGINT: finish the step in progress, checkpoint it, exit 0. A second one:
+  exit now.
+
+  The loop sets `boundary` to the step its current call ends at *before* it checks
+  `should_stop(step)` at the top of an iteration; a signal then records that step as
+  `stop_step`, and the loop stops at the first check where step >= stop_step. Every
+  check is either at the top of an iteration (step == the previous boundary) or after
+  a call (step == boundary), so the loop stops exactly at the announced step.
+  """
 
   def __init__(self):
     self.requested: Optional[int] = None
+    self.stop_step: Optional[int] = None
+    self.boundary: int = 0
     self._previous = {}
+
+  def should_stop(self, step: int) -> bool:
+    return self.stop_step is not None and step >= self.stop_step
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -69,9 +84,10 @@ class _Preemption:
     if self.requested is not None:
       print(f"Second signal ({signal.Signals(signum).name}): exiting now.", flush=True)
       os._exit(128 + signum)
-    self.requested = signum
-    print(f"Received {signal.Signals(signum).name}: saving a checkpoint at the current "
-          f"step, then exiting. Send it again to exit at once.", flush=True)
+    self.requested, self.stop_step = signum, self.boundary
+    print(f"Received {signal.Signals(signum).name}: stopping at step {self.stop_step} "
+          f"(the end of the step in progress), saving its checkpoint, then exiting. "
+          f"Send it again to exit at once.", flush=True)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -172,6 +188,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     print(f"Evaluation sigma: the MSE of the evaluated network (EMA parameters if on, no "
           f"dropout) on {len(eval_sigma_batches)} training batches, refitted before "
           f"each evaluation (eval_sigma={config.eval_sigma!r}).", flush=True)
+  if start_step >= config.num_train_steps:
+    print(f"Already trained to step {start_step} (num_train_steps="
+          f"{config.num_train_steps}): nothing to train; raise --config.num_train_steps "
+          f"to train on.", flush=True)
+  else:
+    print(eval_legend(trainer.likelihood), flush=True)
+  run_start = time.monotonic()
+  last_eval = None
 
   def check_finite():
     nonfinite = jax.device_get(state.nonfinite)
@@ -199,7 +223,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step = start_step
   pending = []
   with _Preemption() as preemption:
+    preemption.boundary = step
     while step < config.num_train_steps:
+      preemption.boundary = step + config.steps_per_call
+      if preemption.should_stop(step):
+        break
       if config.dataset.on_device:
         state, metrics = trainer.train_on_device(state, train_images)
       else:
@@ -226,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         eval_state = trainer.evaluation_state(state, eval_sigma_batches)
         eval_metrics = trainer.evaluate(eval_state, eval_batches())
         reporter.write(step, "eval", eval_metrics)
+        last_eval = step
         improved = best is not None and best.update(step, state, eval_metrics["nelbo"])
         print(eval_summary(step, eval_metrics, trainer.likelihood)
               + (" (best so far)" if improved else ""), flush=True)
@@ -238,17 +267,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
           or (at_log_step and checkpoint_time_due())):
         save_checkpoint(step)
-      if preemption.requested is not None:
-        if last_checkpoint != step:
-          save_checkpoint(step)
-        checkpointer.close()
-        if best is not None:
-          best.close()
-        reporter.close()
-        print(f"Checkpoint at step {step} is written; exiting after "
-              f"{signal.Signals(preemption.requested).name}. Restart with the same "
-              f"--workdir to resume.", flush=True)
-        sys.exit(0)
+      if preemption.should_stop(step):
+        break
+    if preemption.requested is not None and step < config.num_train_steps:
+      if last_checkpoint != step:
+        save_checkpoint(step)
+      checkpointer.close()
+      if best is not None:
+        best.close()
+      reporter.close()
+      print(f"Checkpoint at step {step} is written in {checkpointer.directory}; exiting "
+            f"after {signal.Signals(preemption.requested).name}. Restart with the same "
+            f"--workdir to resume.", flush=True)
+      sys.exit(0)
 
   checkpointer.close()
   if best is not None:
@@ -259,23 +290,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             f"{best_nelbo:.2f} nats), kept in {best.directory} "
             f"(evaluate.load_run(workdir, checkpoint='best')).", flush=True)
   reporter.close()
+  if step > start_step:
+    print(outputs_summary(workdir, step, time.monotonic() - run_start, last_eval,
+                          image_dir, has_best=best is not None), flush=True)
   return state
 
 
-def eval_summary(step: int, metrics: dict, likelihood) -> str:
-  """The console line of an evaluation. Headline: bits/dim of the 8-bit data (a
-  discrete likelihood, comparable across decoders and with the literature); the
-  continuous decoders' density bits/dim (of data scaled to [0, 1], often negative)
-  is labelled as such."""
-  head = f"eval step {step}: "
+def outputs_summary(workdir: str, step: int, seconds: float, last_eval: Optional[int],
+                    image_dir: str, *, has_best: bool = True) -> str:
+  """The last console line of a run: how long it took and where its outputs are."""
+  images = ""
+  if last_eval is not None and os.path.isdir(image_dir):
+    names = sorted(n for n in os.listdir(image_dir) if n.startswith(f"step_{last_eval}_"))
+    if names:
+      images = f", images/{{{','.join(names)}}}"
+  return (f"Done: step {step} in {progress.format_seconds(seconds)}. Outputs in "
+          f"{workdir}: checkpoints/{', checkpoints_best/' if has_best else ''}, "
+          f"metrics.jsonl{images}, "
+          f"config.json, TensorBoard events (tensorboard --logdir {workdir}).")
+
+
+def eval_legend(likelihood) -> str:
+  """One line at the start of a run saying what the eval lines' figures are."""
+  chosen = "the best checkpoint is chosen by it"
   if likelihood.is_discrete:
-    return head + (f"-ELBO {metrics['nelbo']:.2f} nats/example, "
-                   f"{metrics['bpd']:.4f} bits/dim (8-bit data)")
+    return (f"Eval lines: the test -ELBO under the decoder's own likelihood of the 8-bit "
+            f"data, in nats per example and bits/dim (lower is better); {chosen}.")
+  text = (f"Eval lines: the first figure is the test -ELBO under the decoder's own "
+          f"likelihood, in nats per example (lower is better; a density of data scaled "
+          f"to [0, 1], so its bits/dim can be negative); {chosen}.")
+  if type(likelihood).discrete_nll is likelihoods.Likelihood.discrete_nll:
+    return text
+  return text + (" After '|': the same model discretized over the 256 levels of "
+                 "8-bit data, bits/dim comparable across decoders and with the "
+                 "literature.")
+
+
+def eval_summary(step: int, metrics: dict, likelihood) -> str:
+  """The console line of an evaluation. First (the headline): the -ELBO under the
+  decoder's own likelihood, by which the best checkpoint is chosen (`nelbo`); for
+  continuous decoders, the density of data scaled to [0, 1]. Then, for continuous
+  decoders with an 8-bit version, that discretized -ELBO (`nelbo_discrete`), which
+  compares across decoders and with the literature."""
+  head = (f"eval step {step}: -ELBO {metrics['nelbo']:.2f} nats/example, "
+          f"{metrics['bpd']:.4f} bits/dim")
+  if likelihood.is_discrete:
+    return head + " (8-bit data)"
   if "bpd_discrete" in metrics:
-    return head + (f"-ELBO {metrics['nelbo_discrete']:.2f} nats/example, "
-                   f"{metrics['bpd_discrete']:.4f} bits/dim (8-bit data, discretized) | "
-                   f"density -ELBO {metrics['nelbo']:.2f} nats, {metrics['bpd']:.4f} "
-                   f"bits/dim (continuous, data in [0, 1])")
-  return head + (f"-ELBO {metrics['nelbo']:.2f} nats/example, {metrics['bpd']:.4f} "
-                 f"bits/dim ({likelihood.name}: continuous, data in [0, 1]; no 8-bit "
+    return head + (f" (density, data in [0, 1]) | 8-bit data: "
+                   f"{metrics['nelbo_discrete']:.2f} nats, {metrics['bpd_discrete']:.4f} "
+                   f"bits/dim (discretized)")
+  return head + (f" ({likelihood.name}: continuous, data in [0, 1]; no 8-bit "
                  f"likelihood)")

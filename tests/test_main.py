@@ -58,10 +58,15 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, shapes_data_dir, mon
   # The first progress line already has a rate and an ETA.
   first_progress = next(l for l in result.stdout.splitlines() if l.startswith("step "))
   assert "steps/s" in first_progress and "ETA" in first_progress, first_progress
-  # The headline bits/dim is the 8-bit one; the density one is labelled.
+  # The eval line's first figure is the one the best checkpoint is chosen by (eval
+  # `nelbo` of metrics.jsonl), said once at the start; the 8-bit figure follows '|'.
+  assert result.stdout.count("the best checkpoint is chosen by it") == 1, result.stdout
   eval_line = next(l for l in result.stdout.splitlines() if l.startswith("eval step 6"))
-  assert "bits/dim (8-bit data, discretized)" in eval_line, eval_line
-  assert "density -ELBO" in eval_line, eval_line
+  eval_row = next(r for r in _read_metrics(workdir) if r["split"] == "eval" and r["step"] == 6)
+  assert eval_line.startswith(f"eval step 6: -ELBO {eval_row['nelbo']:.2f} nats/example, "
+                              f"{eval_row['bpd']:.4f} bits/dim (density"), eval_line
+  assert (f"| 8-bit data: {eval_row['nelbo_discrete']:.2f} nats, "
+          f"{eval_row['bpd_discrete']:.4f} bits/dim") in eval_line, eval_line
   for noise in NOISE:
     assert noise not in result.stdout + result.stderr, (noise, result.stderr[-3000:])
 

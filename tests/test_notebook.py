@@ -77,13 +77,13 @@ def _exec_install_cell(monkeypatch, cwd, repo_url=""):
 
 def test_install_cell_inside_a_clone(monkeypatch):
   calls = _exec_install_cell(monkeypatch, os.path.join(ROOT, "notebooks"))
-  assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-e", ROOT]]
+  assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-e", ROOT + "[train]"]]
 
 
 def test_install_cell_elsewhere(monkeypatch, tmp_path):
   calls = _exec_install_cell(monkeypatch, tmp_path, repo_url="https://example.org/s.git")
   assert calls == [[sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://example.org/s.git"]]
+                    "sigma_vae_jax[train] @ git+https://example.org/s.git"]]
   with pytest.raises(RuntimeError, match="REPO_URL is empty"):
     _exec_install_cell(monkeypatch, tmp_path)
 

@@ -37,6 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
   """The `config.model` section of this model."""
   model = ml_collections.ConfigDict()
   model.name = "conv_vae"
+  # Dimensions of the Gaussian latent z (20 in the paper).
   model.latent_dim = 20
   # Channels of the first conv layer; doubled in each following layer (32, 64, 128).
   model.base_channels = 32
