@@ -50,8 +50,23 @@ def _padded_stream(iterator: Iterator[np.ndarray], batch_size: int, num_batches:
     yield np.zeros((batch_size,) + shape, np.uint8), np.zeros(batch_size, bool)
 
 
+def _rows_of_process(batches: Iterator[tuple[np.ndarray, np.ndarray]]
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Global (data [B, ...], mask [B]) batches -> this process's rows [B/P, ...] of
+  each: the process-local part `Trainer.global_array` expects (every process holds
+  the whole test split with dataset.on_device)."""
+  count, index = jax.process_count(), jax.process_index()
+  for data, mask in batches:
+    rows = len(data) // count
+    yield (data[index * rows:(index + 1) * rows], mask[index * rows:(index + 1) * rows])
+
+
 class _Preemption:
-  """SIGTERM/SIGINT: finish the current step, checkpoint, exit 0. A second one: exit now."""
+  """SIGTERM/SIGINT: finish the current step, checkpoint, exit 0. A second one: exit now.
+
+  With several processes, each is signalled on its own (SLURM and TPU pods signal
+  every host) but they must checkpoint at the same step: `due` agrees on it.
+  """
 
   def __init__(self):
     self.requested: Optional[int] = None
@@ -72,6 +87,17 @@ class _Preemption:
     self.requested = signum
     print(f"Received {signal.Signals(signum).name}: saving a checkpoint at the current "
           f"step, then exiting. Send it again to exit at once.", flush=True)
+
+  def due(self, at_log_step: bool) -> bool:
+    """Whether to checkpoint and exit now. One process: as soon as signalled.
+    Several: at logging steps only (no per-step host sync), when any process was
+    signalled, so that all of them join the same (collective) save."""
+    if jax.process_count() == 1:
+      return self.requested is not None
+    if not at_log_step:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.requested is not None))
+    return bool(np.any(flags))
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -143,7 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           f"batch_size: {batch_size} is larger than the training set "
           f"({train_images.shape[0]} examples)")
     test_images = source.load_split("test")
-    eval_batches = lambda: trainer_lib.padded_batches(test_images, batch_size)
+    eval_batches = lambda: _rows_of_process(
+        trainer_lib.padded_batches(test_images, batch_size))
     image_examples = test_images[:config.num_image_samples]
   else:
     train_iter = source.batch_iterator("train", local_batch, seed=config.seed,
@@ -153,8 +180,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         source.batch_iterator("test", local_batch, seed=config.seed, shuffle=False,
                               repeat=False), local_batch,
         math.ceil(per_process / local_batch))
+    # The same first test images on every process (they are replicated).
     image_examples = next(source.batch_iterator(
-        "test", config.num_image_samples, seed=config.seed, shuffle=False, repeat=False))
+        "test", config.num_image_samples, seed=config.seed, shuffle=False, repeat=False,
+        process_index=0, process_count=1))
 
   reporter = reporting.Reporter(workdir, config.num_train_steps, start_step)
   image_dir = os.path.join(workdir, "images")
@@ -218,16 +247,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         improved = best is not None and best.update(step, state, eval_metrics["nelbo"])
         print(eval_summary(step, eval_metrics, trainer.likelihood)
               + (" (best so far)" if improved else ""), flush=True)
-        if jax.process_index() == 0:
-          grids = trainer.write_images(state, image_examples, image_dir, step)
-          reporter.write_images(step, grids)
+        # Every process runs the (global) image computations; only process 0
+        # writes the files (reporting.save_image_grid) and TensorBoard images.
+        grids = trainer.write_images(state, image_examples, image_dir, step)
+        reporter.write_images(step, grids)
         reporter.flush()
       # Time-based checkpoints only at logging steps: a resumed run then averages
       # the same steps into each metrics row as an uninterrupted one.
       if (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
           or (at_log_step and checkpoint_time_due())):
         save_checkpoint(step)
-      if preemption.requested is not None:
+      if preemption.due(at_log_step):
         if last_checkpoint != step:
           save_checkpoint(step)
         checkpointer.close()
@@ -235,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           best.close()
         reporter.close()
         print(f"Checkpoint at step {step} is written; exiting after "
-              f"{signal.Signals(preemption.requested).name}. Restart with the same "
+              f"{_signal_name(preemption.requested)}. Restart with the same "
               f"--workdir to resume.", flush=True)
         sys.exit(0)
 
@@ -249,6 +279,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             f"(evaluate.load_run(workdir, checkpoint='best')).", flush=True)
   reporter.close()
   return state
+
+
+def _signal_name(signum: Optional[int]) -> str:
+  """The signal's name, or where it went for a process that was not signalled itself."""
+  return signal.Signals(signum).name if signum else "a signal to another process"
 
 
 def eval_summary(step: int, metrics: dict, likelihood) -> str:
