@@ -448,6 +448,12 @@ class DataSource:
   def is_video(self) -> bool:
     return bool(getattr(self._backend, "video", False))
 
+  @property
+  def in_memory(self) -> bool:
+    """Whether the splits are held in host memory (numpy, folder, frey_face,
+    numpy_videos: `load_split` is free) rather than streamed from TFDS files."""
+    return isinstance(self._backend, _ArrayBackend)
+
   def load_clips(self, split: str, clip_length: int | None = None, *,
                  stride: int | None = None, max_videos: int | None = None) -> np.ndarray:
     """Video datasets (bair): clips uint8 [N*K, L, H, W, C] of consecutive frames.

@@ -168,13 +168,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       raise configuration.ConfigError(
           f"batch_size: {batch_size} is larger than the training set "
           f"({train_images.shape[0]} examples)")
+  else:
+    train_iter = source.batch_iterator("train", local_batch, seed=config.seed,
+                                       shuffle=True, repeat=True, start_batch=start_step)
+  if config.dataset.on_device or source.in_memory:
+    # Every process holds the test split: it evaluates its rows of the one-process
+    # run's global batches, so each example gets the same evaluation noise (drawn
+    # per batch position) whatever the process layout.
     test_images = source.load_split("test")
     eval_batches = lambda: _rows_of_process(
         trainer_lib.padded_batches(test_images, batch_size))
     image_examples = test_images[:config.num_image_samples]
   else:
-    train_iter = source.batch_iterator("train", local_batch, seed=config.seed,
-                                       shuffle=True, repeat=True, start_batch=start_step)
     per_process = math.ceil(num_test / jax.process_count())
     eval_batches = lambda: _padded_stream(
         source.batch_iterator("test", local_batch, seed=config.seed, shuffle=False,

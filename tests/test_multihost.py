@@ -1,0 +1,273 @@
+"""Several processes, one run: real multi-process training on CPU (jax.distributed on
+127.0.0.1, CPU collectives over gloo), as a GPU cluster or a TPU pod runs it.
+
+* The same run whatever the layout: 2 processes x 2 devices and 1 process x 4 devices
+  (same seed, same global batch) end with the same metrics, for device-resident data,
+  numpy data streamed per process and a video model (svg_lp on numpy_videos), to the
+  tolerance of the 8-simulated-device test (test_model_contract). TFDS streaming
+  reads per-process shards (`tfds.even_splits`) shuffled per process: a different
+  order of the same examples, so only its statistics are compared.
+* Files written once: the workdir of a 2-process run has exactly the files of a
+  1-process run (orbax's own per-process files inside each checkpoint aside).
+* Faults: killing one of two processes stops the other within the heartbeat
+  timeout, with JAX's message; both restarted resume and end with the metrics of an
+  uninterrupted run, and so does a restart as 1 process.
+
+Skipped, with the reason, where processes cannot run collectives together (gloo).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import cli_utils
+import tiny_models
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = cli_utils.ROOT
+RUNNER = os.path.join(HERE, "multihost_run.py")
+EXACT_MODES = ("device", "numpy", "video")
+MODES = EXACT_MODES + ("tfds",)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start(root, num_processes, devices, modes, data_dir=""):
+  port = _free_port()
+  return [subprocess.Popen(
+      [sys.executable, RUNNER, str(root), str(i), str(num_processes), str(port),
+       str(devices), ",".join(modes), data_dir], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(num_processes)]
+
+
+def _finish(processes, timeout=600):
+  """Waits for all; on a failure kills the rest and fails with the outputs."""
+  outputs, failed = [], False
+  deadline = time.time() + timeout
+  for p in processes:
+    try:
+      out, _ = p.communicate(timeout=max(deadline - time.time(), 1))
+    except subprocess.TimeoutExpired:
+      for q in processes:
+        q.kill()
+      out, _ = p.communicate()
+      failed = True
+    outputs.append(out)
+    failed |= p.returncode != 0
+  if failed:
+    for q in processes:
+      q.kill()
+    raise AssertionError("\n\n".join(f"process {i} (exit {p.returncode}):\n{o[-4000:]}"
+                                     for i, (p, o) in enumerate(zip(processes, outputs))))
+  return outputs
+
+
+@pytest.fixture(scope="module")
+def gloo(tmp_path_factory):
+  """Skips the module (with the reason) where two processes cannot run a psum."""
+  processes = _start(tmp_path_factory.mktemp("probe"), 2, 2, ["probe"])
+  try:
+    outputs = _finish(processes, timeout=120)
+  except AssertionError as e:
+    pytest.skip(f"CPU collectives across processes (jax.distributed + gloo) do not work "
+                f"here: {str(e).strip().splitlines()[-1]}")
+  # Process 0 holds [1, 1], process 1 [2, 2]: the global sum is 6 on both.
+  assert all("PSUM=6.0" in out for out in outputs), outputs
+
+
+def _write_data(root):
+  np.save(os.path.join(root, "images.npy"), tiny_models.smooth_data("conv_vae", 200))
+  np.save(os.path.join(root, "videos.npy"), tiny_models.smooth_data("svg_lp", 48))
+
+
+@pytest.fixture(scope="module")
+def layouts(gloo, shapes_data_dir, tmp_path_factory):
+  """Every mode trained as 1 process x 4 devices and as 2 processes x 2 devices:
+  {"one": root, "two": root}, the runs in ROOT/MODE."""
+  roots = {name: tmp_path_factory.mktemp(name) for name in ("one", "two")}
+  for root in roots.values():
+    _write_data(root)
+  started = time.time()
+  processes = (_start(roots["one"], 1, 4, MODES, shapes_data_dir)
+               + _start(roots["two"], 2, 2, MODES, shapes_data_dir))
+  _finish(processes)
+  print(f"4 modes in both layouts: {time.time() - started:.1f} s")
+  return roots
+
+
+def _rows(workdir, split):
+  return [r for r in cli_utils.metrics_rows(workdir) if r["split"] == split]
+
+
+def _assert_close_rows(rows, expected, rtol):
+  assert [r["step"] for r in rows] == [r["step"] for r in expected]
+  for row, want in zip(rows, expected):
+    assert row.keys() == want.keys()
+    for key, value in want.items():
+      if isinstance(value, str):
+        assert row[key] == value
+        continue
+      np.testing.assert_allclose(row[key], value, rtol=rtol, atol=1e-3,
+                                 err_msg=f"step {want['step']} {key}")
+
+
+@pytest.mark.parametrize("mode", EXACT_MODES)
+def test_two_processes_train_as_one(layouts, mode):
+  model = "svg_lp" if mode == "video" else "conv_vae"
+  rtol = 10 * tiny_models.sharded_rtol(model)  # as the 8-simulated-device test
+  one, two = (os.path.join(layouts[k], mode) for k in ("one", "two"))
+  evals = _rows(two, "eval")
+  assert [r["step"] for r in evals] == [4 if mode == "video" else 6]
+  # Every test example counted once, not once per process.
+  assert evals[0]["num_examples"] == _rows(one, "eval")[0]["num_examples"]
+  _assert_close_rows(evals, _rows(one, "eval"), rtol)
+  # Training saw the same batches: the same losses at every logged step.
+  _assert_close_rows([{k: r[k] for k in ("step", "loss", "nelbo")} for r in _rows(two, "train")],
+                     [{k: r[k] for k in ("step", "loss", "nelbo")} for r in _rows(one, "train")],
+                     rtol)
+
+
+def test_tfds_streaming_reads_the_same_examples_in_a_per_process_order(layouts):
+  """TFDS streams per-process shards (tfds.even_splits) in per-process shuffles: the
+  2-process run trains on other batches of the same data, so only the statistics
+  agree (and the evaluation covers the same test examples)."""
+  one, two = (os.path.join(layouts[k], "tfds") for k in ("one", "two"))
+  e1, e2 = _rows(one, "eval")[-1], _rows(two, "eval")[-1]
+  assert e1["num_examples"] == e2["num_examples"] == 1000
+  # Both learnt: the first logged training loss is well above the last...
+  for workdir in (one, two):
+    train = _rows(workdir, "train")
+    assert train[-1]["nelbo"] < train[0]["nelbo"], train
+  # ...to about the same test ELBO (batches differ, so not exactly).
+  np.testing.assert_allclose(e2["nelbo"], e1["nelbo"], rtol=0.05)
+
+
+def _files(workdir):
+  """Relative paths under workdir; inside a checkpoint step only the step itself
+  (orbax writes its own per-process files there), TensorBoard event files by kind."""
+  out = set()
+  for dirpath, dirnames, filenames in os.walk(workdir):
+    rel = os.path.relpath(dirpath, workdir)
+    parts = rel.split(os.sep)
+    if parts[0] in ("checkpoints", "checkpoints_best") and len(parts) == 2:
+      out.add(rel + "/")
+      dirnames[:] = []
+      continue
+    for name in filenames:
+      out.add(os.path.join(rel, name.split(".out.tfevents.")[0] + ".out.tfevents"
+                           if ".out.tfevents." in name else name))
+  return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_processes_write_the_files_of_one(layouts, mode):
+  one, two = (os.path.join(layouts[k], mode) for k in ("one", "two"))
+  files = _files(two)
+  assert files == _files(one)
+  last = 4 if mode == "video" else 6
+  assert {"./metrics.jsonl", "./config.json", "./events.out.tfevents",
+          f"checkpoints/{last}/", f"checkpoints_best/{last}/"} <= files, files
+  assert any(f.startswith("images/") for f in files), files
+  # One event file (process 0's), as many metric rows as one process writes.
+  assert len([f for f in os.listdir(two) if ".tfevents." in f]) == 1
+  assert len(cli_utils.metrics_rows(two)) == len(cli_utils.metrics_rows(one))
+
+
+# --- Faults --------------------------------------------------------------------------
+
+FAULT_STEPS = 40
+HEARTBEAT_SECONDS = 5
+
+
+def _cli_args(workdir, data):
+  flags = {"model.latent_dim": 4, "model.base_channels": 4, "batch_size": 16,
+           "dataset.name": "numpy", "dataset.path": data, "num_train_steps": FAULT_STEPS,
+           "log_every_steps": 2, "eval_every_steps": FAULT_STEPS,
+           "checkpoint_every_steps": 4, "num_image_samples": 8,
+           "checkpoint_every_seconds": None}
+  return (["--config=configs/default.py", f"--workdir={workdir}"]
+          + [f"--config.{k}={v}" for k, v in flags.items()])
+
+
+def _env(devices):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def test_a_killed_process_stops_the_other_and_both_resume(gloo, tmp_path):
+  data = str(tmp_path / "images.npy")
+  np.save(data, tiny_models.smooth_data("conv_vae", 200))
+  killed, reference = str(tmp_path / "killed"), str(tmp_path / "reference")
+  port = _free_port()
+  main = [sys.executable, "-m", "sigma_vae_jax.main"]
+  processes = [subprocess.Popen(
+      main + _cli_args(killed, data) + [
+          "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+          f"--process_id={i}", f"--heartbeat_timeout_seconds={HEARTBEAT_SECONDS}"],
+      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  uninterrupted = subprocess.Popen(main + _cli_args(reference, data), cwd=ROOT,
+                                   env=_env(4), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+  cli_utils.wait_for_checkpoint(killed, 4, processes[0])
+  processes[1].kill()
+  killed_at = time.time()
+  out, _ = processes[0].communicate(timeout=HEARTBEAT_SECONDS + 60)
+  stopped_after = time.time() - killed_at
+  processes[1].communicate()
+  print(f"process 0 stopped {stopped_after:.1f} s after process 1 was killed")
+  assert processes[0].returncode != 0, out[-3000:]
+  assert "Best evaluation" not in out  # stopped mid-run, not at the end
+  assert "another task died" in out, out[-3000:]
+  steps = sorted(int(s) for s in os.listdir(os.path.join(killed, "checkpoints"))
+                 if s.isdigit())
+  assert steps and steps[-1] < FAULT_STEPS, steps
+  assert _finish([uninterrupted])
+
+  # 2 -> 1: the checkpoint does not depend on the process layout.
+  single = str(tmp_path / "single")
+  shutil.copytree(killed, single)
+  done = subprocess.run(main + _cli_args(single, data), cwd=ROOT, env=_env(4),
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert f"Resuming from step {steps[-1]}" in done.stdout
+
+  # Both processes restarted, through the local launcher.
+  done = subprocess.run(
+      [sys.executable, "scripts/launch_local.py", "--num_processes=2",
+       "--devices_per_process=2", "--"] + _cli_args(killed, data),
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout[-5000:]
+  assert f"[1] Resuming from step {steps[-1]}" in done.stdout
+
+  expected = cli_utils.metrics_rows(reference)
+  for workdir in (killed, single):
+    rows = cli_utils.metrics_rows(workdir)
+    _assert_close_rows(rows, expected, 10 * tiny_models.sharded_rtol("conv_vae"))
+
+
+def test_launcher_stops_all_when_one_fails(tmp_path):
+  """A process that fails at start-up (here: a missing data file) stops the run: exit
+  status 1, its one-line error forwarded with its prefix."""
+  missing = str(tmp_path / "missing.npy")
+  done = subprocess.run(
+      [sys.executable, "scripts/launch_local.py", "--num_processes=2",
+       "--grace_seconds=5", "--"] + _cli_args(str(tmp_path / "run"), missing),
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1, done.stdout[-3000:]
+  assert "FAILED: process" in done.stdout
+  assert any(line.startswith(("[0] ERROR: ", "[1] ERROR: ")) and missing in line
+             for line in done.stdout.splitlines()), done.stdout[-3000:]
