@@ -196,7 +196,7 @@ def _cli_args(workdir, data):
            "dataset.name": "numpy", "dataset.path": data, "num_train_steps": FAULT_STEPS,
            "log_every_steps": 2, "eval_every_steps": FAULT_STEPS,
            "checkpoint_every_steps": 4, "num_image_samples": 8,
-           "checkpoint_every_seconds": None}
+           "checkpoint_every_seconds": 1e6}
   return (["--config=configs/default.py", f"--workdir={workdir}"]
           + [f"--config.{k}={v}" for k, v in flags.items()])
 
