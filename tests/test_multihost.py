@@ -9,9 +9,10 @@
   order of the same examples, so only its statistics are compared.
 * Files written once: the workdir of a 2-process run has exactly the files of a
   1-process run (orbax's own per-process files inside each checkpoint aside).
-* Faults: killing one of two processes stops the other within the heartbeat
-  timeout, with JAX's message; both restarted resume and end with the metrics of an
-  uninterrupted run, and so does a restart as 1 process.
+* Faults (slow, `-m slow`): killing one of two processes stops the other within the
+  heartbeat timeout, with JAX's message; both restarted resume and end with the
+  metrics of an uninterrupted run, and so does a restart as 1 process. The launcher
+  stops the run when one process fails.
 
 Skipped, with the reason, where processes cannot run collectives together (gloo).
 """
@@ -207,6 +208,7 @@ def _env(devices):
   return env
 
 
+@pytest.mark.slow  # seven process start-ups: 2-4 minutes on a loaded 2-core CPU
 def test_a_killed_process_stops_the_other_and_both_resume(gloo, tmp_path):
   data = str(tmp_path / "images.npy")
   np.save(data, tiny_models.smooth_data("conv_vae", 200))
