@@ -11,8 +11,9 @@
   1-process run (orbax's own per-process files inside each checkpoint aside).
 * Faults (slow, `-m slow`): killing one of two processes stops the other within the
   heartbeat timeout, with JAX's message; both restarted resume and end with the
-  metrics of an uninterrupted run, and so does a restart as 1 process. The launcher
-  stops the run when one process fails.
+  metrics of an uninterrupted run, and so does a restart as 1 process; a SIGTERM to
+  one process makes all checkpoint at one step and exit 0. The launcher stops the
+  run when one process fails.
 
 Skipped, with the reason, where processes cannot run collectives together (gloo).
 """
@@ -259,6 +260,33 @@ def test_a_killed_process_stops_the_other_and_both_resume(gloo, tmp_path):
   for workdir in (killed, single):
     rows = cli_utils.metrics_rows(workdir)
     _assert_close_rows(rows, expected, 10 * tiny_models.sharded_rtol("conv_vae"))
+
+
+@pytest.mark.slow  # two process start-ups and a long run: 1-2 minutes
+def test_sigterm_to_one_process_checkpoints_all_at_one_step(gloo, tmp_path):
+  """Preemption reaches the processes one by one: a SIGTERM to process 1 alone makes
+  both write one checkpoint at the same step and exit 0 (no collective left hanging)."""
+  data = str(tmp_path / "images.npy")
+  np.save(data, tiny_models.smooth_data("conv_vae", 200))
+  workdir = str(tmp_path / "run")
+  args = _cli_args(workdir, data) + ["--config.num_train_steps=100000"]
+  port = _free_port()
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "sigma_vae_jax.main"] + args + [
+          "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+          f"--process_id={i}", f"--heartbeat_timeout_seconds={HEARTBEAT_SECONDS}"],
+      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  cli_utils.wait_for_checkpoint(workdir, 4, processes[0])
+  processes[1].send_signal(signal.SIGTERM)
+  outputs = _finish(processes, timeout=300)
+  written = [[line for line in out.splitlines() if line.startswith("Checkpoint at step")]
+             for out in outputs]
+  assert all(len(lines) == 1 for lines in written), outputs
+  steps = {int(lines[0].split()[3]) for lines in written}
+  assert len(steps) == 1, written
+  assert "after SIGTERM" in written[1][0] and "another process" in written[0][0]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(steps.pop())))
 
 
 def test_launcher_stops_all_when_one_fails(tmp_path):
