@@ -16,6 +16,7 @@
   run when one process fails.
 
 Skipped, with the reason, where processes cannot run collectives together (gloo).
+In-process (cheap): the per-process rows of in-memory batches, the flag checks.
 """
 
 import json
@@ -301,3 +302,68 @@ def test_launcher_stops_all_when_one_fails(tmp_path):
   assert "FAILED: process" in done.stdout
   assert any(line.startswith(("[0] ERROR: ", "[1] ERROR: ")) and missing in line
              for line in done.stdout.splitlines()), done.stdout[-3000:]
+
+
+# --- In-process pieces (no second process) -------------------------------------------
+
+
+@pytest.mark.parametrize("n,shuffle", [(110, True), (110, False), (96, True)])
+def test_in_memory_process_batches_concatenate_to_the_one_process_batch(tmp_path, n,
+                                                                        shuffle):
+  """Process p's batch of step k is rows [p*b, (p+1)*b) of the one-process global
+  batch k (b = B/P), so make_array_from_process_local_data (processes in device order)
+  rebuilds exactly the one-process batch; a one-pass stream still covers the split."""
+  from sigma_vae_jax import input_pipeline
+  path = tmp_path / "images.npy"
+  # Every image distinct: its first pixel holds its index.
+  images = np.zeros((n, 4, 4, 3), np.uint8)
+  images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+  np.save(path, images)
+  source = input_pipeline.get_data_source(
+      {"name": "numpy", "path": str(path), "test_fraction": 0.1})
+  kwargs = dict(seed=3, shuffle=shuffle, repeat=True, start_batch=2)
+  one = source.batch_iterator("train", 12, process_index=0, process_count=1, **kwargs)
+  per_process = [source.batch_iterator("train", 4, process_index=p, process_count=3,
+                                       **kwargs) for p in range(3)]
+  for _ in range(20):  # several epochs (the train split has 8 global batches of 12)
+    np.testing.assert_array_equal(np.concatenate([next(it) for it in per_process]),
+                                  next(one))
+  # One pass (evaluation-style): disjoint, covering, sizes differing by at most 1.
+  seen = [np.concatenate(list(source.batch_iterator(
+      "train", 4, seed=3, shuffle=shuffle, repeat=False, process_index=p,
+      process_count=3))) for p in range(3)]
+  keys = [set(map(tuple, s[:, 0, 0, :2].tolist())) for s in seen]
+  assert sum(map(len, keys)) == len(set().union(*keys)) == source.num_examples["train"]
+  assert max(map(len, keys)) - min(map(len, keys)) <= 1
+
+
+@pytest.mark.parametrize("args,expected", [
+    ((False, None, 2, 0), "--num_processes, --process_id need --multihost"),
+    ((False, "h:1", None, None), "--coordinator_address needs --multihost"),
+    ((True, None, 2, None), "give both --num_processes and --process_id"),
+    ((True, None, None, 0), "give both --num_processes and --process_id"),
+    ((True, None, 2, 2), "--process_id=2 must be in [0, --num_processes=2)"),
+    ((True, None, 2, -1), "--process_id=-1 must be in [0, --num_processes=2)"),
+    ((True, None, 0, 0), "--num_processes=0 must be >= 1"),
+    ((True, "localhost", 2, 0), "--coordinator_address='localhost' must be HOST:PORT"),
+    ((True, "h:99999", 2, 0), "must be HOST:PORT"),
+    ((True, ":80", 2, 0), "must be HOST:PORT"),
+])
+def test_inconsistent_distributed_flags_are_one_line(args, expected, capsys):
+  from sigma_vae_jax import cli
+  with pytest.raises(SystemExit) as e:
+    cli.distributed_options(*args, heartbeat_timeout_seconds=100)
+  assert e.value.code == cli.USAGE_EXIT_CODE
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("ERROR: ") and expected in err, err
+
+
+def test_distributed_options():
+  from sigma_vae_jax import cli
+  assert cli.distributed_options(False, None, None, None, 100) is None
+  # Nothing given: JAX auto-detects (TPU pod, SLURM, Open MPI).
+  assert cli.distributed_options(True, None, None, None, 100) == {
+      "heartbeat_timeout_seconds": 100}
+  assert cli.distributed_options(True, "10.0.0.1:1234", 4, 3, 7) == {
+      "coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3,
+      "heartbeat_timeout_seconds": 7}
