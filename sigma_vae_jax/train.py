@@ -54,7 +54,7 @@ def _rows_of_process(batches: Iterator[tuple[np.ndarray, np.ndarray]]
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Global (data [B, ...], mask [B]) batches -> this process's rows [B/P, ...] of
   each: the process-local part `Trainer.global_array` expects (every process holds
-  the whole test split with dataset.on_device)."""
+  the whole test split with on-device or in-memory data)."""
   count, index = jax.process_count(), jax.process_index()
   for data, mask in batches:
     rows = len(data) // count
