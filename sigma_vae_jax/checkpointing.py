@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from sigma_vae_jax import configuration
@@ -94,6 +95,8 @@ class Checkpointer:
       for step in steps:
         destination = os.path.join(target, f"{step}_{int(time.time())}")
         os.replace(os.path.join(self.directory, str(step)), destination)
+    if jax.process_count() > 1:  # the others list the directory after process 0 moved
+      multihost_utils.sync_global_devices("checkpointing.quarantine")
     self._manager.reload()
     return target
 

@@ -15,6 +15,8 @@ TensorFlow is imported.
   refuses None where a field does not take it.
 * `fail(message)`: one `ERROR: ...` line on stderr, exit 1 (expected failures; the
   traceback goes to the debug log, `--verbosity=1`).
+* `distributed_options(...)`: the keyword arguments of `jax.distributed.initialize`
+  from --multihost and its flags, or one usage line for inconsistent values.
 * `quiet_third_party_logs()`: drops known, harmless third-party log records (NOISE)
   that a user can do nothing about.
 
@@ -425,6 +427,49 @@ def _missing_field(config, dotted: str, name: str) -> Optional[str]:
     node = node[part]
     done.append(part)
   return None
+
+
+# ----------------------------------------------------------------------------------
+# Several processes (jax.distributed).
+# ----------------------------------------------------------------------------------
+
+
+def distributed_options(multihost: bool, coordinator_address: Optional[str],
+                        num_processes: Optional[int], process_id: Optional[int],
+                        heartbeat_timeout_seconds: int) -> Optional[dict]:
+  """Keyword arguments for `jax.distributed.initialize`, or None without --multihost.
+
+  Values left out are auto-detected by JAX (TPU pods, SLURM, Open MPI; the
+  coordinator also from $JAX_COORDINATOR_ADDRESS). Inconsistent values exit 2 with
+  one line: explicit values without --multihost, only one of --num_processes and
+  --process_id, --process_id outside [0, num_processes), an address not HOST:PORT.
+  """
+  explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+              "process_id": process_id}
+  given = [f"--{k}" for k, v in explicit.items() if v is not None]
+  if not multihost:
+    if given:
+      usage_error(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --multihost")
+    return None
+  if (num_processes is None) != (process_id is None):
+    usage_error("give both --num_processes and --process_id (or neither, to let JAX "
+                "detect them on a TPU pod or a SLURM/Open MPI cluster)")
+  if num_processes is not None:
+    if num_processes < 1:
+      usage_error(f"--num_processes={num_processes} must be >= 1")
+    if not 0 <= process_id < num_processes:
+      usage_error(f"--process_id={process_id} must be in [0, --num_processes="
+                  f"{num_processes})")
+  if coordinator_address is not None:
+    host, _, port = coordinator_address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      usage_error(f"--coordinator_address={coordinator_address!r} must be HOST:PORT "
+                  f"(e.g. 10.0.0.1:1234), the address of process 0")
+  if heartbeat_timeout_seconds < 1:
+    usage_error(f"--heartbeat_timeout_seconds={heartbeat_timeout_seconds} must be >= 1")
+  options = {k: v for k, v in explicit.items() if v is not None}
+  options["heartbeat_timeout_seconds"] = heartbeat_timeout_seconds
+  return options
 
 
 # ----------------------------------------------------------------------------------

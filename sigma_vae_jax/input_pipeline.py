@@ -17,7 +17,8 @@ stream of uint8 batches (`batch_iterator`, tf.data). All host-side preprocessing
 crop, resize to `dataset.image_size`) happens here and keeps uint8; the one conversion
 to float in [0, 1] is `to_float`, on device inside the jitted step.
 
-Determinism: the shuffle order of epoch e is a function of (seed, e, process) only,
+Determinism: the shuffle order of epoch e is a function of (seed, e, process) only
+(in-memory splits: of (seed, e), each process taking its rows of every global batch),
 so `batch_iterator(..., start_batch=k)` yields exactly the batches k, k+1, ... of a
 fresh iterator (a resumed run sees the batches an uninterrupted run would have seen).
 In a repeated stream every epoch has `batches_per_epoch` full batches (the same on
@@ -477,6 +478,12 @@ class DataSource:
     """Frames per video of video datasets (bair: 30); None for the others."""
     return getattr(self._backend, "video_frames", None)
 
+  @property
+  def in_memory(self) -> bool:
+    """Whether the splits are held in host memory (numpy, folder, frey_face,
+    numpy_videos: `load_split` is free) rather than streamed from TFDS files."""
+    return isinstance(self._backend, _ArrayBackend)
+
   def load_clips(self, split: str, clip_length: int | None = None, *,
                  stride: int | None = None, max_videos: int | None = None,
                  selection: str | None = None) -> np.ndarray:
@@ -514,26 +521,47 @@ class _ArrayBackend:
 
   def batch_iterator(self, split, batch_size, *, seed, shuffle, repeat, start_batch,
                      process_index, process_count):
+    """Process p's rows of each *global* batch of the one-process stream.
+
+    The order of epoch e is one permutation of the whole split keyed by (seed, e)
+    (`_epoch_seed(seed, e, 0)`, the one-process order); global batch g is its rows
+    [g*B, (g+1)*B), B = batch_size * process_count, and process p yields rows
+    [g*B + p*batch_size, g*B + (p+1)*batch_size). Concatenated in process order (as
+    `jax.make_array_from_process_local_data` does over a mesh of `jax.devices()`),
+    the processes' batches are exactly the one-process run's batches. A one-pass
+    stream's last partial global batch is split as `_shard_bounds` (sizes differ by
+    at most 1), so the processes still read disjoint sets that cover the split.
+    """
     images = self._splits[split]
-    start, end = _shard_bounds(len(images), process_index, process_count)
-    shard = np.arange(start, end)
+    n = len(images)
+    global_batch = batch_size * process_count
 
     def order(epoch):
       if not shuffle:
-        return shard
-      return np.random.default_rng(_epoch_seed(seed, epoch, process_index)).permutation(shard)
+        return np.arange(n)
+      return np.random.default_rng(_epoch_seed(seed, epoch, 0)).permutation(n)
+
+    def rows(idx, g):
+      start = g * global_batch + process_index * batch_size
+      return idx[start:start + batch_size]
 
     if not repeat:
       idx = order(0)
-      for b in range(start_batch * batch_size, len(idx), batch_size):
-        yield images[idx[b:b + batch_size]]
+      full = n // global_batch
+      for g in range(start_batch, full):
+        yield images[rows(idx, g)]
+      rest = n - full * global_batch
+      if rest and start_batch <= full:
+        lo, hi = _shard_bounds(rest, process_index, process_count)
+        if hi > lo:
+          yield images[idx[full * global_batch + lo:full * global_batch + hi]]
       return
-    bpe = _batches_per_epoch(len(images), batch_size, process_count, split)
+    bpe = _batches_per_epoch(n, batch_size, process_count, split)
     epoch, skip = divmod(start_batch, bpe)
     while True:
       idx = order(epoch)
-      for b in range(skip, bpe):
-        yield images[idx[b * batch_size:(b + 1) * batch_size]]
+      for g in range(skip, bpe):
+        yield images[rows(idx, g)]
       epoch, skip = epoch + 1, 0
 
 

@@ -18,7 +18,22 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images "
                     "(required).")
 flags.DEFINE_bool("multihost", False,
-                  "Call jax.distributed.initialize() first (multi-host GPU/TPU runs).")
+                  "One run over several processes (hosts): calls "
+                  "jax.distributed.initialize() first. On TPU pods and SLURM/Open MPI "
+                  "clusters JAX detects the processes; elsewhere give the next three "
+                  "flags (see README, 'Several hosts').")
+flags.DEFINE_string("coordinator_address", None,
+                    "With --multihost: HOST:PORT of process 0, which every process "
+                    "connects to (default: detected, or $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None,
+                     "With --multihost: number of processes (default: detected).")
+flags.DEFINE_integer("process_id", None,
+                     "With --multihost: this process's index in [0, num_processes) "
+                     "(default: detected).")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
+                     "With --multihost: a process that sends no heartbeat for this long "
+                     "counts as dead and JAX stops the others (instead of waiting on a "
+                     "collective forever); JAX's default.")
 config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py), required; override its "
     "fields with --config.FIELD=VALUE.", lock_config=True)
@@ -32,9 +47,19 @@ def main(argv):
     # Orbax and TFDS log every file they touch at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
   cli.quiet_third_party_logs()
+  distributed = cli.distributed_options(
+      FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
+      FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
   import jax
-  if FLAGS.multihost:
-    jax.distributed.initialize()
+  if distributed is not None:
+    try:
+      jax.distributed.initialize(**distributed)
+    except (ValueError, TypeError, RuntimeError) as e:
+      logging.debug("jax.distributed.initialize failed", exc_info=True)
+      cli.fail(f"--multihost: jax.distributed.initialize({_describe(distributed)}) "
+               f"failed: {' '.join(str(e).split())} (outside a TPU pod or a SLURM/Open "
+               f"MPI cluster, give --coordinator_address, --num_processes and "
+               f"--process_id)")
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
 
@@ -47,6 +72,10 @@ def main(argv):
     # the traceback stays in the debug log (--verbosity=1) for bug reports.
     logging.debug("Stopped by", exc_info=True)
     cli.fail(str(e))
+
+
+def _describe(options: dict) -> str:
+  return ", ".join(f"{k}={v!r}" for k, v in options.items())
 
 
 if __name__ == "__main__":

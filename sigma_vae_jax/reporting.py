@@ -1,4 +1,9 @@
-"""Where results go: TensorBoard (clu writers), WORKDIR/metrics.jsonl, console, PNGs."""
+"""Where results go: TensorBoard (clu writers), WORKDIR/metrics.jsonl, console, PNGs.
+
+With several processes (multi-host) only process 0 writes files: every process may
+call these functions (the computations behind them are collective), the others only
+compute and print.
+"""
 
 from __future__ import annotations
 
@@ -166,10 +171,12 @@ def image_grid(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray
 
 
 def save_image_grid(path: str, images: np.ndarray, columns: int = 8) -> np.ndarray:
-  """Writes `image_grid(images, columns)` as a PNG at `path` and returns it."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  """Writes `image_grid(images, columns)` as a PNG at `path` (process 0 only) and
+  returns it."""
   grid = image_grid(images, columns)
-  Image.fromarray(grid).save(path)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(grid).save(path)
   return grid
 
 
@@ -182,7 +189,8 @@ def save_video_strips(png_path: str, gif_path: str, truth: np.ndarray,
   [N, T_s, ...] generated after the first `num_context` frames. The PNG has three rows
   per clip: context | ground truth, context | reconstructions, context | samples
   (missing frames blank). The GIF plays the sampled clips (context, then samples)
-  side by side with the ground truth. Returns the PNG's uint8 grid.
+  side by side with the ground truth. Returns the PNG's uint8 grid. Files are
+  written by process 0 only.
   """
   n, t = truth.shape[:2]
   blank = np.ones_like(truth[:, :1])
@@ -196,6 +204,8 @@ def save_video_strips(png_path: str, gif_path: str, truth: np.ndarray,
 
   rows = np.stack([truth, row(recons, t - recons.shape[1]), row(samples, num_context)], 1)
   grid = save_image_grid(png_path, rows.reshape((-1,) + truth.shape[2:]), columns=t)
+  if jax.process_index() != 0:
+    return grid
   generated = np.concatenate([truth[:, :num_context], samples], axis=1)
   length = generated.shape[1]
   frames = []

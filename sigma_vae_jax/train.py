@@ -52,25 +52,49 @@ def _padded_stream(iterator: Iterator[np.ndarray], batch_size: int, num_batches:
     yield np.zeros((batch_size,) + shape, np.uint8), np.zeros(batch_size, bool)
 
 
+def _rows_of_process(batches: Iterator[tuple[np.ndarray, np.ndarray]]
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Global (data [B, ...], mask [B]) batches -> this process's rows [B/P, ...] of
+  each: the process-local part `Trainer.global_array` expects (every process holds
+  the whole test split with on-device or in-memory data)."""
+  count, index = jax.process_count(), jax.process_index()
+  for data, mask in batches:
+    rows = len(data) // count
+    yield (data[index * rows:(index + 1) * rows], mask[index * rows:(index + 1) * rows])
+
+
 class _Preemption:
   """SIGTERM/SIGINT: finish the step in progress, checkpoint it, exit 0. A second one:
   exit now.
 
-  The loop sets `boundary` to the step its current call ends at *before* it checks
-  `should_stop(step)` at the top of an iteration; a signal then records that step as
-  `stop_step`, and the loop stops at the first check where step >= stop_step. Every
-  check is either at the top of an iteration (step == the previous boundary) or after
-  a call (step == boundary), so the loop stops exactly at the announced step.
+  One process: the loop sets `boundary` to the step its current call ends at *before*
+  it checks `should_stop(step)` at the top of an iteration; a signal then records that
+  step as `stop_step`, and the loop stops at the first check where step >= stop_step.
+  Every check is either at the top of an iteration (step == the previous boundary) or
+  after a call (step == boundary), so the loop stops exactly at the announced step.
+
+  Several processes: each is signalled on its own (SLURM and TPU pods signal every
+  host) but all must join the same (collective) checkpoint, so they agree at the next
+  logging step (one all-gather there, no per-step host sync) and stop there when any
+  process was signalled.
   """
 
   def __init__(self):
     self.requested: Optional[int] = None
     self.stop_step: Optional[int] = None
     self.boundary: int = 0
+    self.stopping = False  # set where the loop stops for a signal (to this or any process)
+    self._several = jax.process_count() > 1
     self._previous = {}
 
-  def should_stop(self, step: int) -> bool:
-    return self.stop_step is not None and step >= self.stop_step
+  def should_stop(self, step: int, at_log_step: bool = False) -> bool:
+    """Whether the loop stops at `step` (checkpoint and exit follow)."""
+    if not self._several:
+      self.stopping = self.stop_step is not None and step >= self.stop_step
+    elif at_log_step:
+      flags = multihost_utils.process_allgather(np.int32(self.requested is not None))
+      self.stopping = bool(np.any(flags))
+    return self.stopping
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,9 +109,11 @@ class _Preemption:
       print(f"Second signal ({signal.Signals(signum).name}): exiting now.", flush=True)
       os._exit(128 + signum)
     self.requested, self.stop_step = signum, self.boundary
-    print(f"Received {signal.Signals(signum).name}: stopping at step {self.stop_step} "
-          f"(the end of the step in progress), saving its checkpoint, then exiting. "
-          f"Send it again to exit at once.", flush=True)
+    where = (f"step {self.stop_step} (the end of the step in progress)"
+             if not self._several else
+             "the next logging step, where all processes agree to stop")
+    print(f"Received {signal.Signals(signum).name}: stopping at {where}, saving its "
+          f"checkpoint, then exiting. Send it again to exit at once.", flush=True)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -158,19 +184,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       raise configuration.ConfigError(
           f"batch_size: {batch_size} is larger than the training set "
           f"({train_images.shape[0]} examples)")
-    test_images = source.load_split("test")
-    eval_batches = lambda: trainer_lib.padded_batches(test_images, batch_size)
-    image_examples = test_images[:config.num_image_samples]
   else:
     train_iter = source.batch_iterator("train", local_batch, seed=config.seed,
                                        shuffle=True, repeat=True, start_batch=start_step)
+  if config.dataset.on_device or source.in_memory:
+    # Every process holds the test split: it evaluates its rows of the one-process
+    # run's global batches, so each example gets the same evaluation noise (drawn
+    # per batch position) whatever the process layout.
+    test_images = source.load_split("test")
+    eval_batches = lambda: _rows_of_process(
+        trainer_lib.padded_batches(test_images, batch_size))
+    image_examples = test_images[:config.num_image_samples]
+  else:
     per_process = math.ceil(num_test / jax.process_count())
     eval_batches = lambda: _padded_stream(
         source.batch_iterator("test", local_batch, seed=config.seed, shuffle=False,
                               repeat=False), local_batch,
         math.ceil(per_process / local_batch))
+    # The same first test images on every process (they are replicated).
     image_examples = next(source.batch_iterator(
-        "test", config.num_image_samples, seed=config.seed, shuffle=False, repeat=False))
+        "test", config.num_image_samples, seed=config.seed, shuffle=False, repeat=False,
+        process_index=0, process_count=1))
 
   # The evaluation network's sigma*^2 is fitted on these training batches (kept on
   # device) before each evaluation, where the config asks for it.
@@ -258,18 +292,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         improved = best is not None and best.update(step, state, eval_metrics["nelbo"])
         print(eval_summary(step, eval_metrics, trainer.likelihood)
               + (" (best so far)" if improved else ""), flush=True)
-        if jax.process_index() == 0:
-          grids = trainer.write_images(eval_state, image_examples, image_dir, step)
-          reporter.write_images(step, grids)
+        # Every process runs the (global) image computations; only process 0
+        # writes the files (reporting.save_image_grid) and TensorBoard images.
+        grids = trainer.write_images(eval_state, image_examples, image_dir, step)
+        reporter.write_images(step, grids)
         reporter.flush()
       # Time-based checkpoints only at logging steps: a resumed run then averages
       # the same steps into each metrics row as an uninterrupted one.
       if (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
           or (at_log_step and checkpoint_time_due())):
         save_checkpoint(step)
-      if preemption.should_stop(step):
+      if preemption.should_stop(step, at_log_step):
         break
-    if preemption.requested is not None and step < config.num_train_steps:
+    if preemption.stopping and step < config.num_train_steps:
       if last_checkpoint != step:
         save_checkpoint(step)
       checkpointer.close()
@@ -277,7 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         best.close()
       reporter.close()
       print(f"Checkpoint at step {step} is written in {checkpointer.directory}; exiting "
-            f"after {signal.Signals(preemption.requested).name}. Restart with the same "
+            f"after {_signal_name(preemption.requested)}. Restart with the same "
             f"--workdir to resume.", flush=True)
       sys.exit(0)
 
@@ -294,6 +329,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     print(outputs_summary(workdir, step, time.monotonic() - run_start, last_eval,
                           image_dir, has_best=best is not None), flush=True)
   return state
+
+
+def _signal_name(signum: Optional[int]) -> str:
+  """The signal's name, or where it went for a process that was not signalled itself."""
+  return signal.Signals(signum).name if signum else "a signal to another process"
 
 
 def outputs_summary(workdir: str, step: int, seconds: float, last_eval: Optional[int],

@@ -207,6 +207,10 @@ class Trainer:
                                      self.data_shape, self.target_shape)
     # Leaves may share one buffer (e.g. the same zeros); donation needs distinct ones.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+    if jax.process_count() > 1:
+      # device_put onto other processes' devices checks that every process passes
+      # equal values, which the state's NaN placeholders (`nonfinite`) never are.
+      return jax.tree.map(lambda x: self.put_replicated(np.asarray(x)), state)
     return jax.device_put(state, self.replicated)
 
   # ---- the forward passes of evaluation (jitted in __init__) -------------------
