@@ -12,6 +12,7 @@ from typing import Sequence
 
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import models
+from sigma_vae_jax.objectives import FREE_BITS_RULES
 
 # Fields that define the model and its checkpoint layout: a workdir written with
 # other values for any of these cannot be resumed (see `checkpointing`).
@@ -99,6 +100,14 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
   _require(config.ema_decay is None or 0.0 <= config.ema_decay < 1.0, "ema_decay",
            f"must be in [0, 1) or None; got {config.ema_decay}")
   _require(config.free_bits >= 0, "free_bits", f"must be >= 0; got {config.free_bits}")
+  _require(config.free_bits_rule in FREE_BITS_RULES, "free_bits_rule",
+           f"must be one of {FREE_BITS_RULES}; got {config.free_bits_rule!r}")
+  _require(config.learning_rate_decay is None or 0.0 < config.learning_rate_decay <= 1.0,
+           "learning_rate_decay",
+           f"must be in (0, 1] or None; got {config.learning_rate_decay}")
+  _require(config.learning_rate_floor is None or config.learning_rate_floor >= 0,
+           "learning_rate_floor",
+           f"must be >= 0 or None; got {config.learning_rate_floor}")
 
   for field in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
                 "checkpoint_every_steps", "max_checkpoints_to_keep", "steps_per_call",
