@@ -4,7 +4,8 @@ skip connections between stages, re-expressed in Flax linen.
 
 Structure (stage s = 1..L, L = `num_stages`; F = `filters`; B = `blocks_per_stage`):
 
-* Inference, bottom-up, q(z_s | z_(s-1)) with z_0 = x (mapped to [-1, 1]): stage s is
+* Inference, bottom-up, q(z_s | z_(s-1)) with z_0 = 2x - 1 (in [-1, 1], as the
+  reference's CIFAR-10 transform `x * 2 - 1`): stage s is
   B gated residual blocks (kernel `first_kernel_size` in stage 1, `kernel_size`
   elsewhere; the last block has stride 2 if s is in `downsample_stages`) followed by
   a Gaussian head, ELU -> weight-normalised conv (kernel below) -> mean and
@@ -409,7 +410,8 @@ class HierarchicalVAE(nn.Module):
     self.q_stages = [
         q_cls(self.filters, self.kernels[s], self.blocks_per_stage, self.downsample[s],
               self.latent_channels[s], self.latent_kernels[s], input_act=s > 0,
-              log_var_activation=self.log_var_activation, log_var_min=self.log_var_min, log_var_max=self.log_var_max,
+              log_var_activation=self.log_var_activation, log_var_min=self.log_var_min,
+              log_var_max=self.log_var_max,
               dropout_rate=self.dropout_rate, dtype=self.dtype)
         for s in range(n)]
     self.p_stages = [
