@@ -1,6 +1,8 @@
 """The paper's 15-layer hierarchical VAE on CelebA at 32x32 (App. B, Table 2).
 
-As configs/cifar10_hvae.py (model and training settings), for 40k steps; the data as
+As configs/cifar10_hvae.py (the reference's model and training settings: softplus
+log-variances, heads as large as the latent maps, per-example free bits, learning-rate
+decay, no clipping or skipped updates), for 40k steps; the data as
 configs/celeba.py (148-pixel centre crop resized to 32x32, streamed). Paper, Table 2
 (optimal sigma): -8446 nats, FID 60.3.
 """

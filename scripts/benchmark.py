@@ -298,6 +298,7 @@ def run(config, image_shape):
       one_step = jax.jit(functools.partial(
           train_step.train_step, model=trainer.model, likelihood=likelihood, tx=trainer.tx,
           skip_nonfinite=config.skip_nonfinite_updates, free_bits=config.free_bits,
+          free_bits_rule=config.free_bits_rule,
           skip_update_grad_norm=config.skip_update_grad_norm, ema_decay=config.ema_decay),
           compiler_options=trainer.compiler_options)
       compiled = one_step.lower(trainer.init_state(), batches[0]).compile()

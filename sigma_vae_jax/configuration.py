@@ -12,6 +12,7 @@ from typing import Sequence
 
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import models
+from sigma_vae_jax.objectives import FREE_BITS_RULES
 
 # Fields that define the model and its checkpoint layout: a workdir written with
 # other values for any of these cannot be resumed (see `checkpointing`).
@@ -36,7 +37,16 @@ NULLABLE_FIELDS = (
     "dataset.data_dir", "dataset.image_size", "dataset.center_crop", "dataset.manual_dir",
     "dataset.clip_length", "dataset.test_path", "decoder.beta", "decoder.sigma_axes",
     "decoder.log_sigma_min", "decoder.log_sigma_max", "grad_clip_norm",
-    "skip_update_grad_norm", "ema_decay", "checkpoint_every_seconds")
+    "skip_update_grad_norm", "ema_decay", "checkpoint_every_seconds",
+    "learning_rate_decay", "learning_rate_floor")
+
+
+def nullable_fields(config) -> tuple[str, ...]:
+  """NULLABLE_FIELDS plus the `model.*` fields that config.model.name's module lists
+  in its own NULLABLE_FIELDS (a model's fields live with the model)."""
+  module = models.model_module(config.model.name)
+  return NULLABLE_FIELDS + tuple(f"model.{name}"
+                                 for name in getattr(module, "NULLABLE_FIELDS", ()))
 
 
 class ConfigError(ValueError):
@@ -113,6 +123,14 @@ def validate_config(config, *, num_devices: int, dataset_names: Sequence[str]) -
   _require(config.free_bits >= 0, "free_bits", f"must be >= 0; got {config.free_bits}")
   _require(config.eval_sigma in EVAL_SIGMA_RULES, "eval_sigma",
            f"must be one of {EVAL_SIGMA_RULES}; got {config.eval_sigma!r}")
+  _require(config.free_bits_rule in FREE_BITS_RULES, "free_bits_rule",
+           f"must be one of {FREE_BITS_RULES}; got {config.free_bits_rule!r}")
+  _require(config.learning_rate_decay is None or 0.0 < config.learning_rate_decay <= 1.0,
+           "learning_rate_decay",
+           f"must be in (0, 1] or None; got {config.learning_rate_decay}")
+  _require(config.learning_rate_floor is None or config.learning_rate_floor >= 0,
+           "learning_rate_floor",
+           f"must be >= 0 or None; got {config.learning_rate_floor}")
 
   for field in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
                 "checkpoint_every_steps", "max_checkpoints_to_keep", "steps_per_call",
@@ -153,10 +171,11 @@ def _check_no_unexpected_none(config) -> None:
         yield from leaves(value, f"{prefix}{key}.")
       else:
         yield f"{prefix}{key}", value
+  nullable = nullable_fields(config)
   for name, value in leaves(config):
-    _require(value is not None or name in NULLABLE_FIELDS, name,
+    _require(value is not None or name in nullable, name,
              f"needs a value, not None (the fields that take None: "
-             f"{', '.join(NULLABLE_FIELDS)})")
+             f"{', '.join(nullable)})")
 
 
 def structural_differences(saved: dict, current: dict) -> list[str]:

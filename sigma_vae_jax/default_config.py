@@ -93,6 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = "adam"
   # Step size of the optimizer (constant).
   config.learning_rate = 1e-3
+  # Multiply the learning rate by this after every update, never below
+  # learning_rate_floor (None: constant; the HVAE's reference: 0.999999, 1e-4).
+  config.learning_rate_decay = config_dict.placeholder(float)
+  config.learning_rate_floor = config_dict.placeholder(float)
   # Clip the global gradient norm to this before the update (None: no clipping).
   config.grad_clip_norm = config_dict.placeholder(float)
   # Skip (and count) updates whose gradient norm is above this (None: never), as
@@ -104,6 +108,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Free bits: nats per latent group below which its KL is not penalised, in
   # training only (0: off); reported ELBOs never include it.
   config.free_bits = 0.0
+  # Where the floor applies: "per_example" (each example's KL of each group, as the
+  # HVAE's reference) or "batch_mean" (each group's batch-mean KL).
+  config.free_bits_rule = "per_example"
   # Optimizer steps of the whole run (a resumed run continues to this step).
   config.num_train_steps = 1500
   # Steps between progress lines and train rows of metrics.jsonl (averaged).

@@ -1,7 +1,12 @@
 """The one objective: the negative ELBO, for training, evaluation and IWAE.
 
     nelbo = sum over the target's dimensions of the likelihood's NLL
-            + sum over latent groups of KL(q || p) summed over their dimensions,
+            + sum over latent groups of their KL term summed over their dimensions,
+
+each group's `LatentGroup.kl` being an unbiased estimate of E_q[log q - log p]
+(closed form where exact, else the one-sample log q - log p), so that nelbo's
+expectation is the negative ELBO and the mean of `log_importance_weight` equals
+-nelbo (checked for every model in tests/test_model_contract.py),
 
 per example, in nats. Training minimises the batch mean of
 `rec + kl_weight * kl` (kl_weight is the beta of the `beta` decoder, else 1);
@@ -43,6 +48,26 @@ class ElboTerms(NamedTuple):
 def sum_groups(per_group: Mapping[str, Array]) -> Array:
   """The sum of per-group terms (e.g. each group's KL [B]), in group order."""
   return functools.reduce(operator.add, per_group.values())
+
+
+FREE_BITS_RULES = ("per_example", "batch_mean")
+
+
+def free_bits_kl(kl_per_group: Mapping[str, Array], free_bits: float, rule: str) -> Array:
+  """The KL term of the training loss with free bits, a scalar in nats per example.
+
+  kl_per_group: group name -> its KL per example [B] (as `LatentGroup.kl`, e.g. the
+  one-sample log q - log p). rule "per_example" (BIVA's `FreeBits` on each layer's
+  [B] KL): mean_b sum_g max(KL_gb, free_bits); "batch_mean": sum_g max(mean_b KL_gb,
+  free_bits). Either way a group (or example) below the floor gets no KL gradient.
+  """
+  if rule == "per_example":
+    return sum_groups({name: jax.numpy.maximum(kl, free_bits)
+                       for name, kl in kl_per_group.items()}).mean()
+  if rule == "batch_mean":
+    return sum_groups({name: jax.numpy.maximum(kl.mean(), free_bits)
+                       for name, kl in kl_per_group.items()})
+  raise ValueError(f"free_bits_rule: must be one of {FREE_BITS_RULES}; got {rule!r}")
 
 
 def kl_per_group(output: ModelOutput) -> dict[str, Array]:

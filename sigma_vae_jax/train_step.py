@@ -5,7 +5,8 @@ Pure functions of arrays (no jit, no sharding: `trainer.py` wires those):
 * `TrainState`: everything a restart needs.
 * `loss_fn`: one forward pass through the model contract and the one objective
   (`objectives.negative_elbo`), KL weighted by the likelihood's beta and, for deep
-  hierarchies, floored per latent group by free bits (training only).
+  hierarchies, floored per latent group by free bits (training only;
+  `objectives.free_bits_kl`).
 * `train_step`: gradient, optional clipping, and an update that is dropped (and
   counted) when the loss or gradient is non-finite or the gradient norm is above
   `skip_update_grad_norm`; the likelihood's state (running sigma*) and the EMA of
@@ -14,6 +15,7 @@ Pure functions of arrays (no jit, no sharding: `trainer.py` wires those):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flax import struct
@@ -63,10 +65,29 @@ def no_nonfinite() -> dict[str, jax.Array]:
           "grad_norm": nan}
 
 
+def learning_rate_schedule(config: ml_collections.ConfigDict):
+  """config.learning_rate, or (config.learning_rate_decay set) the schedule
+  lr_t = max(learning_rate * decay ** t, learning_rate_floor) at update t = 0, 1, ...,
+  as the reference HVAE's `LowerBoundedExponentialLR(0.999999, 1e-4)` stepped after
+  every update."""
+  if config.learning_rate_decay is None:
+    return config.learning_rate
+  # exp(t log decay), log decay taken in float64: optax.exponential_decay's float32
+  # decay ** t is 0.04% off at t = 30k for decay = 0.999999 (float32 rounds it to
+  # 0.99999899).
+  log_decay = math.log(config.learning_rate_decay)
+  floor = 0.0 if config.learning_rate_floor is None else config.learning_rate_floor
+  lr = config.learning_rate
+
+  def schedule(count):
+    return jnp.maximum(lr * jnp.exp(count.astype(jnp.float32) * log_decay), floor)
+  return schedule
+
+
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """config.optimizer at config.learning_rate, after clipping the global gradient
-  norm to config.grad_clip_norm (None: no clipping)."""
-  tx = OPTIMIZERS[config.optimizer](config.learning_rate)
+  """config.optimizer at `learning_rate_schedule(config)`, after clipping the global
+  gradient norm to config.grad_clip_norm (None: no clipping)."""
+  tx = OPTIMIZERS[config.optimizer](learning_rate_schedule(config))
   if config.grad_clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx
@@ -93,12 +114,14 @@ def create_train_state(config, model, likelihood: likelihoods.Likelihood,
 
 
 def loss_fn(params, likelihood_state, data: jax.Array, rng: jax.Array, *, model,
-            likelihood: likelihoods.Likelihood, free_bits: float = 0.0):
+            likelihood: likelihoods.Likelihood, free_bits: float = 0.0,
+            free_bits_rule: str = "per_example"):
   """Training objective: batch mean of the per-example (beta-)negative ELBO.
 
   data: uint8 or float [B, ...] (images [B, H, W, C], clips [B, T, H, W, C]).
-  free_bits > 0: each latent group's batch-mean KL enters the loss as
-  max(KL, free_bits) (nats); the reported nelbo/kl are always the true ones.
+  free_bits > 0: each latent group's KL is floored at free_bits nats in the loss,
+  per example or on the batch mean (`free_bits_rule`, `objectives.free_bits_kl`);
+  the reported nelbo/kl are always the true ones.
   Returns (loss, (metrics, LikelihoodOutput)); NLL and KL are *summed* over data
   and latent dimensions (nats per example).
   """
@@ -107,9 +130,8 @@ def loss_fn(params, likelihood_state, data: jax.Array, rng: jax.Array, *, model,
   terms = objectives.negative_elbo(output, likelihood, params["likelihood"],
                                    likelihood_state, train=True)
   if free_bits:
-    floored = {name: jnp.maximum(kl.mean(), free_bits)
-               for name, kl in terms.kl_per_group.items()}
-    loss = terms.rec.mean() + likelihood.kl_weight * objectives.sum_groups(floored)
+    floored_kl = objectives.free_bits_kl(terms.kl_per_group, free_bits, free_bits_rule)
+    loss = terms.rec.mean() + likelihood.kl_weight * floored_kl
   else:
     loss = terms.loss.mean()
   metrics = {"loss": loss, "nelbo": terms.nelbo.mean(), "rec": terms.rec.mean(),
@@ -124,6 +146,7 @@ def loss_fn(params, likelihood_state, data: jax.Array, rng: jax.Array, *, model,
 
 def train_step(state: TrainState, data: jax.Array, *, model, likelihood, tx,
                skip_nonfinite: bool, free_bits: float = 0.0,
+               free_bits_rule: str = "per_example",
                skip_update_grad_norm=None, ema_decay=None) -> tuple[TrainState, dict]:
   """One optimizer step on a (global) batch [B, ...].
 
@@ -137,7 +160,7 @@ def train_step(state: TrainState, data: jax.Array, *, model, likelihood, tx,
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (metrics, lik)), grads = grad_fn(
       state.params, state.likelihood_state, data, rng, model=model,
-      likelihood=likelihood, free_bits=free_bits)
+      likelihood=likelihood, free_bits=free_bits, free_bits_rule=free_bits_rule)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   halted = state.nonfinite["step"] >= 0

@@ -141,6 +141,7 @@ class Trainer:
     step = functools.partial(
         steps.train_step, model=self.model, likelihood=self.likelihood, tx=self.tx,
         skip_nonfinite=config.skip_nonfinite_updates, free_bits=config.free_bits,
+        free_bits_rule=config.free_bits_rule,
         skip_update_grad_norm=config.skip_update_grad_norm, ema_decay=config.ema_decay)
     num_steps = config.steps_per_call
     batch_size = config.batch_size

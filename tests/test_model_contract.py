@@ -58,7 +58,7 @@ def test_forward_pass_shapes(model_name, decoder_name):
   for name, group in output.latents.items():
     assert group.kl.shape == group.log_q.shape == group.log_p.shape, name
     assert group.kl.shape[0] == 4, name
-    assert bool(jnp.all(group.kl >= -1e-5)), name  # a KL is never negative
+    assert bool(jnp.all(jnp.isfinite(group.kl))), name  # one-sample estimates may be < 0
   recon = trainer.reconstruct(state, jnp.asarray(data))
   assert recon.shape == target.shape
   context = tiny_models.context(model_name, data[:3])
@@ -177,3 +177,58 @@ def test_eight_simulated_devices_give_the_same_step_and_metrics_as_one(model_nam
     np.testing.assert_allclose(r["eval_sharded"][key], value, rtol=10 * rtol, atol=1e-3,
                                err_msg=key)
   assert r["cache_size"] == 1
+
+
+def _moved_params(params, seed=3, scale=0.5):
+  """The parameters with every value w moved to w (1 + scale e) + 0.1 scale e',
+  e, e' ~ N(0, 1): away from the initialisation (where, e.g., the HVAE's posteriors
+  and priors nearly agree), at each weight's own scale (an absolute move would
+  blow up the conv VAE's dense layers)."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+
+  def move(leaf, key):
+    a, b = jax.random.split(key)
+    return (leaf * (1 + scale * jax.random.normal(a, leaf.shape, leaf.dtype))
+            + 0.1 * scale * jax.random.normal(b, leaf.shape, leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, [move(l, k) for l, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_the_reported_bound_is_the_elbo_and_iwae_is_tighter(model_name):
+  """models.base: `LatentGroup.kl` is an unbiased estimate of E_q[log q - log p], so
+  that E_q[log w] = E_q[-nelbo] (log w = log p(x|z) + log p(z) - log q(z|x)). Checked
+  on parameters moved away from their initial values: for each example, the mean
+  over 256 draws of log w + nelbo (both of the same draw, so the reconstruction
+  term cancels and only the KL estimator's bias is left) is zero within 4 standard
+  errors; and IWAE with K=16 (over 16 groups of 16 of the same draws) is no worse
+  than the ELBO beyond that noise."""
+  trainer = _trainer(tiny_models.tiny_config(model_name), model_name)
+  state = trainer.init_state()
+  params = _moved_params(state.params["model"])
+  lik_params, lik_state = state.params["likelihood"], state.likelihood_state
+  x = input_pipeline.to_float(jnp.asarray(tiny_models.smooth_data(model_name, 4)))
+  num_draws, k = 256, 16
+
+  @jax.jit
+  def draws(keys):
+    def one(key):
+      output = trainer.model.apply({"params": params}, x, key)
+      nelbo = objectives.negative_elbo(output, trainer.likelihood, lik_params, lik_state,
+                                       train=False).nelbo
+      return objectives.log_importance_weight(output, trainer.likelihood, lik_params,
+                                              lik_state), nelbo
+    return jax.lax.map(one, keys)
+
+  log_w, nelbo = jax.device_get(draws(jax.random.split(jax.random.PRNGKey(7), num_draws)))
+  log_w, nelbo = np.asarray(log_w, np.float64), np.asarray(nelbo, np.float64)  # [draws, B]
+  gap = log_w + nelbo
+  stderr = gap.std(0) / math.sqrt(num_draws)
+  print(f"\n{model_name}: mean log w + nelbo per example {gap.mean(0)}, stderr {stderr}")
+  assert np.all(np.abs(gap.mean(0)) <= 4 * stderr + 1e-3), (gap.mean(0), stderr)
+  elbo = -nelbo.mean(0)
+  chunks = log_w.reshape(num_draws // k, k, -1)
+  iwae_chunks = np.logaddexp.reduce(chunks, axis=1) - math.log(k)  # [groups, B]
+  iwae = iwae_chunks.mean(0)
+  noise = np.sqrt(nelbo.var(0) / num_draws + iwae_chunks.var(0) / chunks.shape[0])
+  assert np.all(iwae >= elbo - 4 * noise), (iwae, elbo, noise)

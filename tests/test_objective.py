@@ -542,3 +542,101 @@ def test_fid_of_a_model_whose_samples_are_all_one_image():
   got = evaluate.fid_score(trainer, state, test_images, 40, "random", jax.random.PRNGKey(0),
                            batch_size=16)
   np.testing.assert_allclose(got, expected, rtol=1e-3)
+
+
+# --- free bits, by hand --------------------------------------------------------------
+
+
+class _KLModel:
+  """A stand-in model whose latent groups' KL per example are its parameters
+  (params["kl"]: [G, B]; each group one latent dimension) and whose decoder output is
+  a fixed 0.5: the loss's KL term and its gradient are then known by hand."""
+
+  def apply(self, variables, x, rng, train=False):
+    from sigma_vae_jax.models.base import LatentGroup, ModelOutput
+    kl = variables["params"]["kl"]
+    latents = {f"z{g + 1}": LatentGroup(kl=kl[g][:, None], log_q=kl[g][:, None],
+                                        log_p=jnp.zeros_like(kl[g][:, None]))
+               for g in range(kl.shape[0])}
+    return ModelOutput(decoder_outputs=jnp.full(x.shape, 0.5), target=x, latents=latents)
+
+
+# 3 groups x 4 examples around a floor of 2 nats: z1 all above, z2 all below (its
+# batch mean too), z3 mixed with a batch mean above the floor (2.75), and one entry
+# below zero (a one-sample log q - log p can be).
+_FLOOR = 2.0
+_KL = np.array([[3.0, 2.5, 4.0, 5.0],
+                [0.5, 1.0, -0.3, 1.5],
+                [1.0, 6.0, 0.5, 3.5]], np.float32)
+
+
+def _free_bits_by_hand(rule, kl=_KL, floor=_FLOOR):
+  """(KL term of the loss, its gradient [G, B]) in numpy."""
+  b = kl.shape[1]
+  if rule == "per_example":  # mean_b sum_g max(KL_gb, floor)
+    return np.maximum(kl, floor).sum(0).mean(), (kl > floor) / b
+  means = kl.mean(1)  # batch_mean: sum_g max(mean_b KL_gb, floor)
+  return np.maximum(means, floor).sum(), np.repeat((means > floor)[:, None], b, 1) / b
+
+
+@pytest.mark.parametrize("rule", ["per_example", "batch_mean"])
+def test_free_bits_loss_and_gradient_match_a_hand_computation(rule):
+  from sigma_vae_jax import likelihoods
+  config = default_config.get_config().decoder
+  config.name = "gaussian"  # rec does not depend on the KL parameters
+  likelihood = likelihoods.get_likelihood(config)
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 2, 2, 1)), jnp.float32)
+  params = {"model": {"kl": jnp.asarray(_KL)}, "likelihood": likelihood.init_params()}
+  state = likelihood.init_state((2, 2, 1))
+
+  def loss(p):
+    return train_step.loss_fn(p, state, x, jax.random.PRNGKey(0), model=_KLModel(),
+                              likelihood=likelihood, free_bits=_FLOOR, free_bits_rule=rule)
+  (value, (metrics, _)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  expected_kl, expected_grad = _free_bits_by_hand(rule)
+  np.testing.assert_allclose(float(value) - float(metrics["rec"]), expected_kl, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(grads["model"]["kl"]), expected_grad, atol=1e-7)
+  # The reported KL is the true one, without the floor.
+  np.testing.assert_allclose(float(metrics["kl"]), _KL.sum(0).mean(), rtol=1e-6)
+  # A group (per_example: an example's group) below the floor gets no KL gradient;
+  # one above gets the full 1/B.
+  below = (_KL <= _FLOOR) if rule == "per_example" else (_KL.mean(1, keepdims=True) <= _FLOOR)
+  assert np.all(np.asarray(grads["model"]["kl"])[np.broadcast_to(below, _KL.shape)] == 0)
+  # The rules differ on these numbers (and from a floor on the total KL).
+  other = "batch_mean" if rule == "per_example" else "per_example"
+  assert abs(expected_kl - _free_bits_by_hand(other)[0]) > 0.5
+  assert abs(expected_kl - max(_KL.sum(0).mean(), _FLOOR)) > 0.5
+
+
+@pytest.mark.parametrize("field, value", [("free_bits_rule", "total"),
+                                          ("learning_rate_decay", 1.5),
+                                          ("learning_rate_floor", -1.0)])
+def test_free_bits_and_learning_rate_decay_fields_are_validated(field, value):
+  from sigma_vae_jax import configuration
+  config = default_config.get_config()
+  config[field] = value
+  with pytest.raises(configuration.ConfigError, match=field):
+    configuration.validate_config(config, num_devices=1,
+                                  dataset_names=(config.dataset.name,))
+
+
+def test_learning_rate_decays_per_update_to_its_floor():
+  """As the reference's LowerBoundedExponentialLR(0.999999, 1e-4), stepped after each
+  update: update t uses max(lr * 0.999999 ** t, 1e-4)."""
+  config = default_config.get_config()
+  config.learning_rate, config.learning_rate_decay, config.learning_rate_floor = (
+      2e-3, 0.999999, 1e-4)
+  schedule = train_step.learning_rate_schedule(config)
+  for t in (0, 1, 30_000, 2_000_000, 3_000_000, 10_000_000):
+    np.testing.assert_allclose(float(schedule(jnp.asarray(t))), max(2e-3 * 0.999999 ** t, 1e-4),
+                               rtol=1e-5)
+  # Through the optimizer: SGD's first two steps move a parameter by lr_0 and lr_1.
+  config.optimizer, config.learning_rate_decay = "sgd", 0.5
+  tx = train_step.create_optimizer(config)
+  params = jnp.zeros(())
+  opt_state = tx.init(params)
+  steps = []
+  for _ in range(3):
+    updates, opt_state = tx.update(jnp.ones(()), opt_state, params)
+    steps.append(float(updates))
+  np.testing.assert_allclose(steps, [-2e-3, -1e-3, -5e-4], rtol=1e-6)

@@ -4,10 +4,11 @@ skip connections between stages, re-expressed in Flax linen.
 
 Structure (stage s = 1..L, L = `num_stages`; F = `filters`; B = `blocks_per_stage`):
 
-* Inference, bottom-up, q(z_s | z_(s-1)) with z_0 = x (mapped to [-1, 1]): stage s is
+* Inference, bottom-up, q(z_s | z_(s-1)) with z_0 = 2x - 1 (in [-1, 1], as the
+  reference's CIFAR-10 transform `x * 2 - 1`): stage s is
   B gated residual blocks (kernel `first_kernel_size` in stage 1, `kernel_size`
   elsewhere; the last block has stride 2 if s is in `downsample_stages`) followed by
-  a Gaussian head, ELU -> weight-normalised conv (`latent_kernel_size`) -> mean and
+  a Gaussian head, ELU -> weight-normalised conv (kernel below) -> mean and
   log-variance of z_s ([B, h_s, w_s, c_s], c_s = latent_channels - (s-1) *
   latent_channel_step). The next stage reads the *sample* z_s.
 * Generation, top-down: p(z_L) = N(0, I); stage s maps z_s through the mirrored
@@ -24,17 +25,32 @@ Structure (stage s = 1..L, L = `num_stages`; F = `filters`; B = `blocks_per_stag
   (1x1 projection), which the stage layouts here never ask for: the strided block
   of the generative path is the first of its stack. All convs are weight-normalised
   (w = g * v / |v| per output channel, plus a bias), initialised without data (g = 1;
-  0.1 for the Gaussian heads, so that q and p start near N(0, 1)).
+  0.1 for the Gaussian heads); the reference initialises them from the first batch
+  (README, "Hierarchical VAE").
 * `skip_connections=True` adds the reference's "bottom-up / top-down" connections:
   every inference block of stage s also reads the deterministic output of stage
   s-1, every generative block of stage s the block outputs of stage s+1 (through
-  ELU -> a conv added after the first conv). Off by default, as in the paper.
+  ELU -> a conv added after the first conv). Off by default: the paper trains the
+  baseline "without the top-down and bottom-up connections" (App. B; the
+  reference's `--no_skip`).
 
-Bounded scales: each head's raw log-variance goes through `losses.softclip` to
-(`log_var_min`, `log_var_max`) = (-8, 3) by default (std in [0.018, 4.5]), for
-posteriors and learned priors alike; means are unbounded. KL(q || p) is in closed
-form against the learned prior (the reference uses the one-sample estimate
-log q - log p; its expectation is the same).
+Log-variances (`log_var_activation`): "softplus" (the reference's default,
+`log_var_act=nn.Softplus` in BIVA's `run_deepvae.py`) maps each head's raw
+log-variance to softplus(raw) >= 0, i.e. every posterior and conditional prior has
+variance >= 1 per latent dimension; "softclip" bounds it smoothly to (`log_var_min`,
+`log_var_max`) instead (`losses.softclip`). Means are unbounded; the top prior
+N(0, I) is fixed. Gaussian heads: a weight-normalised conv whose kernel is, by
+default, the latent map's size (the reference's `'kernel': 16, 8, 4` at 16x16, 8x8,
+4x4 on CIFAR-10); `latent_kernel_size` overrides it.
+
+The bound (the contract of `LatentGroup.kl`: an unbiased estimate of E_q[log q -
+log p]). Inference is bottom-up, so z_(s+1) is drawn from q(. | z_s) and the prior
+p(z_s | z_(s+1)) is conditioned on a latent drawn from the very z_s it scores: the
+closed-form KL(q(z_s | z_(s-1)) || p(z_s | z_(s+1))) integrates z_s out with
+z_(s+1) held fixed and has a different expectation. So `kl` of z_1..z_(L-1) is the
+one-sample log q(z_s | z_(s-1)) - log p(z_s | z_(s+1)) of the drawn z_s, as the
+reference's `ConvNormal.loss`; only the top group's prior, N(0, I), does not
+depend on a later draw, and its KL is in closed form (exact, lower variance).
 
 Latent groups "z1".."zL" (bottom to top; an OrderedDict, so that jit keeps the
 order), each elementwise [B, h_s, w_s, c_s].
@@ -59,6 +75,9 @@ from sigma_vae_jax import losses
 from sigma_vae_jax.models.base import check_image_example, LatentGroup, ModelOutput
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+LOG_VAR_ACTIVATIONS = ("softplus", "softclip")
+# Model fields that take None (configuration.nullable_fields).
+NULLABLE_FIELDS = ("latent_kernel_size",)
 _HEAD_INIT_SCALE = 0.1
 _act = nn.elu
 
@@ -82,14 +101,18 @@ def default_config() -> ml_collections.ConfigDict:
   # Channels of z_1; each following stage has latent_channel_step fewer (38..10).
   model.latent_channels = 38
   model.latent_channel_step = 2
-  # Kernel of the convs that give each Gaussian's mean and log-variance.
-  model.latent_kernel_size = 3
+  # Kernel of the convs that give each Gaussian's mean and log-variance; None: the
+  # latent map's size at that stage (the reference's 16 / 8 / 4 at 32x32).
+  model.latent_kernel_size = ml_collections.config_dict.placeholder(int)
   # Dropout in every block of both paths, only when training.
   model.dropout_rate = 0.5
   # Bottom-up / top-down connections between stages (BIVA's); the paper's baseline
   # has none.
   model.skip_connections = False
-  # Soft-clip bounds (losses.softclip) on every posterior and prior log-variance.
+  # Activation of every posterior and conditional prior's raw log-variance:
+  # "softplus" (the reference's) or "softclip" (to (log_var_min, log_var_max)).
+  model.log_var_activation = "softplus"
+  # Soft-clip bounds (losses.softclip), used with log_var_activation="softclip".
   model.log_var_min = -8.0
   model.log_var_max = 3.0
   # Compute type of the blocks: "float32" or "bfloat16" (parameters, latents and
@@ -101,7 +124,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _stage_specs(model_config, data_shape):
-  """Static per-stage sizes: [(kernel, downsample, latent_channels, (h, w))]."""
+  """Static per-stage sizes: [(kernel, downsample, latent_channels, (h, w))], (h, w)
+  the latent map of the stage."""
   h, w = data_shape[0], data_shape[1]
   specs = []
   for s in range(1, model_config.num_stages + 1):
@@ -124,9 +148,11 @@ def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
   """Raises ValueError, its message starting with the config field at fault, if the
   fields are invalid or (given one example's `data_shape`) the model cannot take it."""
   for field in ("num_stages", "filters", "blocks_per_stage", "first_kernel_size",
-                "kernel_size", "latent_channels", "latent_kernel_size"):
+                "kernel_size", "latent_channels"):
     _positive_int(model_config, field)
-  for field in ("first_kernel_size", "kernel_size", "latent_kernel_size"):
+  if model_config.latent_kernel_size is not None:
+    _positive_int(model_config, "latent_kernel_size")
+  for field in ("first_kernel_size", "kernel_size"):
     if model_config[field] % 2 == 0:
       raise ValueError(f"model.{field}: must be odd (same padding); got {model_config[field]}")
   step = model_config.latent_channel_step
@@ -147,6 +173,9 @@ def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
     raise ValueError(f"model.dropout_rate: must be in [0, 1); got {model_config.dropout_rate}")
   if model_config.dtype not in COMPUTE_DTYPES:
     raise ValueError(f"model.dtype: must be one of {COMPUTE_DTYPES}; got {model_config.dtype!r}")
+  if model_config.log_var_activation not in LOG_VAR_ACTIVATIONS:
+    raise ValueError(f"model.log_var_activation: must be one of {LOG_VAR_ACTIVATIONS}; got "
+                     f"{model_config.log_var_activation!r}")
   if not model_config.log_var_min < model_config.log_var_max:
     raise ValueError(f"model.log_var_min: must be below model.log_var_max; got "
                      f"{model_config.log_var_min} >= {model_config.log_var_max}")
@@ -176,9 +205,11 @@ def build(model_config, data_shape: Sequence[int], num_outputs: int) -> "Hierarc
       kernels=tuple(s[0] for s in specs), downsample=tuple(s[1] for s in specs),
       latent_channels=tuple(s[2] for s in specs),
       top_shape=specs[-1][3] + (specs[-1][2],),
-      latent_kernel_size=model_config.latent_kernel_size,
+      latent_kernels=tuple(s[3] if model_config.latent_kernel_size is None
+                           else (model_config.latent_kernel_size,) * 2 for s in specs),
       dropout_rate=float(model_config.dropout_rate),
       skip_connections=bool(model_config.skip_connections),
+      log_var_activation=model_config.log_var_activation,
       log_var_min=float(model_config.log_var_min), log_var_max=float(model_config.log_var_max),
       dtype=jnp.dtype(model_config.dtype), remat=bool(model_config.remat))
 
@@ -186,11 +217,13 @@ def build(model_config, data_shape: Sequence[int], num_outputs: int) -> "Hierarc
 class WNConv(nn.Module):
   """Weight-normalised 2-D conv (or stride-s transposed conv), 'SAME' padding.
 
-  kernel v [k, k, C_in, F], scale g [F], bias [F]; the conv uses g * v / |v|, the
-  norm over each output channel's (k, k, C_in) weights. Computes in `dtype`.
+  kernel v [kh, kw, C_in, F] (`kernel_size` k or (kh, kw)), scale g [F], bias [F];
+  the conv uses g * v / |v|, the norm over each output channel's (kh, kw, C_in)
+  weights. 'SAME' pads an even kernel by (k/2 - 1, k/2), as the reference's
+  `getSAMEPadding`. Computes in `dtype`.
   """
   features: int
-  kernel_size: int = 3
+  kernel_size: Any = 3
   stride: int = 1
   transpose: bool = False
   init_scale: float = 1.0
@@ -199,7 +232,8 @@ class WNConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k, s = self.kernel_size, self.stride
-    v = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+    kh, kw = (k, k) if isinstance(k, int) else tuple(k)
+    v = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features))
     g = self.param("scale", nn.initializers.constant(self.init_scale), (self.features,))
     b = self.param("bias", nn.initializers.zeros, (self.features,))
     w = v * (g * jax.lax.rsqrt(jnp.sum(v * v, axis=(0, 1, 2)) + 1e-12))
@@ -265,9 +299,11 @@ class GatedResBlock(nn.Module):
 
 
 class GaussianHead(nn.Module):
-  """act -> conv -> (mean, soft-clipped log-variance), float32 [B, h, w, channels]."""
+  """act -> conv -> (mean, log-variance), float32 [B, h, w, channels]; the raw
+  log-variance through softplus or soft-clipped (`log_var_activation`)."""
   channels: int
-  kernel_size: int
+  kernel_size: Any
+  log_var_activation: str
   log_var_min: float
   log_var_max: float
   dtype: Any = jnp.float32
@@ -277,6 +313,8 @@ class GaussianHead(nn.Module):
     y = WNConv(2 * self.channels, self.kernel_size, init_scale=_HEAD_INIT_SCALE,
                dtype=self.dtype, name="conv")(_act(h)).astype(jnp.float32)
     mean, raw = jnp.split(y, 2, axis=-1)
+    if self.log_var_activation == "softplus":
+      return mean, jax.nn.softplus(raw)
     return mean, losses.softclip(raw, self.log_var_min, self.log_var_max)
 
 
@@ -297,8 +335,9 @@ class InferenceStage(nn.Module):
   num_blocks: int
   downsample: bool
   latent_channels: int
-  latent_kernel_size: int
+  latent_kernel_size: Any
   input_act: bool
+  log_var_activation: str
   log_var_min: float
   log_var_max: float
   dropout_rate: float = 0.0
@@ -314,8 +353,8 @@ class InferenceStage(nn.Module):
                         dtype=self.dtype, name=f"block{j}")(
                             h, None if aux is None else aux[j], keys[j], train)
     mean, log_var = GaussianHead(self.latent_channels, self.latent_kernel_size,
-                                 self.log_var_min, self.log_var_max, self.dtype,
-                                 name="q_head")(h)
+                                 self.log_var_activation, self.log_var_min,
+                                 self.log_var_max, self.dtype, name="q_head")(h)
     return h, mean, log_var
 
 
@@ -346,7 +385,8 @@ class HierarchicalVAE(nn.Module):
   """The hierarchical VAE (contract: `models.base`); see the module docstring.
 
   Sizes are per stage, bottom (stage 1) to top: `kernels`, `downsample`,
-  `latent_channels`; `top_shape` = (h, w, c) of z_L. Built by `build`.
+  `latent_channels`, `latent_kernels` ((kh, kw) of the Gaussian heads); `top_shape`
+  = (h, w, c) of z_L. Built by `build`.
   """
   image_shape: Sequence[int]
   num_outputs: int
@@ -356,9 +396,10 @@ class HierarchicalVAE(nn.Module):
   downsample: Sequence[bool]
   latent_channels: Sequence[int]
   top_shape: Sequence[int]
-  latent_kernel_size: int = 3
+  latent_kernels: Sequence[Any]
   dropout_rate: float = 0.5
   skip_connections: bool = False
+  log_var_activation: str = "softplus"
   log_var_min: float = -8.0
   log_var_max: float = 3.0
   dtype: Any = jnp.float32
@@ -370,8 +411,9 @@ class HierarchicalVAE(nn.Module):
     p_cls = nn.remat(GenerativeStage, static_argnums=(4,)) if self.remat else GenerativeStage
     self.q_stages = [
         q_cls(self.filters, self.kernels[s], self.blocks_per_stage, self.downsample[s],
-              self.latent_channels[s], self.latent_kernel_size, input_act=s > 0,
-              log_var_min=self.log_var_min, log_var_max=self.log_var_max,
+              self.latent_channels[s], self.latent_kernels[s], input_act=s > 0,
+              log_var_activation=self.log_var_activation, log_var_min=self.log_var_min,
+              log_var_max=self.log_var_max,
               dropout_rate=self.dropout_rate, dtype=self.dtype)
         for s in range(n)]
     self.p_stages = [
@@ -380,8 +422,8 @@ class HierarchicalVAE(nn.Module):
         for s in range(n)]
     # p(z_s | z_(s+1)) for s < L, read from the generative features of stage s+1.
     self.p_heads = [
-        GaussianHead(self.latent_channels[s], self.latent_kernel_size, self.log_var_min,
-                     self.log_var_max, self.dtype)
+        GaussianHead(self.latent_channels[s], self.latent_kernels[s],
+                     self.log_var_activation, self.log_var_min, self.log_var_max, self.dtype)
         for s in range(n - 1)]
     self.out_conv = WNConv(self.num_outputs, 1, dtype=self.dtype)
 
@@ -433,10 +475,13 @@ class HierarchicalVAE(nn.Module):
     latents = collections.OrderedDict()
     for s, ((q_mean, q_log_var, z), prior) in enumerate(zip(posteriors, priors)):
       p_mean, p_log_var = prior if prior is not None else (None, None)
-      latents[f"z{s + 1}"] = LatentGroup(
-          kl=losses.gaussian_kl(q_mean, q_log_var, p_mean, p_log_var),
-          log_q=losses.gaussian_log_prob(z, q_mean, q_log_var),
-          log_p=losses.gaussian_log_prob(z, p_mean, p_log_var))
+      log_q = losses.gaussian_log_prob(z, q_mean, q_log_var)
+      log_p = losses.gaussian_log_prob(z, p_mean, p_log_var)
+      if prior is None:  # the top: N(0, I) depends on no later draw, closed form exact
+        kl = losses.gaussian_kl(q_mean, q_log_var)
+      else:  # p(z_s | z_(s+1)) with z_(s+1) drawn from z_s: one-sample (module docstring)
+        kl = log_q - log_p
+      latents[f"z{s + 1}"] = LatentGroup(kl=kl, log_q=log_q, log_p=log_p)
     return ModelOutput(decoder_outputs=out, target=x, latents=latents)
 
   def reconstruct(self, x: jax.Array) -> jax.Array:
