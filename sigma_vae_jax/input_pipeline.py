@@ -71,8 +71,8 @@ if __name__ == "__main__":
   # the imports below (TensorFlow takes seconds).
   _argument_parser().parse_args()
   from sigma_vae_jax import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.set_tensorflow_env_defaults()  # before anything imports TensorFlow
   _cli.require_train_extra()
-  _cli.set_tensorflow_env_defaults()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax

@@ -64,11 +64,17 @@ def test_numpy_videos_test_path_cuts_both_into_clips(tmp_path):
   np.save(tmp_path / "train.npy", train)
   np.save(tmp_path / "test.npy", test)
   source = ip.get_data_source(_config(name="numpy_videos", path=str(tmp_path / "train.npy"),
-                                      test_path=str(tmp_path / "test.npy"), clip_length=3))
+                                      test_path=str(tmp_path / "test.npy"), clip_length=3,
+                                      clip_selection="windows"))
   # Non-overlapping clips of 3 frames: frames [0:3] and [3:6] of every video.
   expected_test = np.stack([test[0, :3], test[0, 3:], test[1, :3], test[1, 3:]])
   np.testing.assert_array_equal(source.load_split("test"), expected_test)
   assert source.num_examples == {"train": 6, "test": 4}
+  # The default selection (the SVG reference's): the first clip of each video, in both.
+  source = ip.get_data_source(_config(name="numpy_videos", path=str(tmp_path / "train.npy"),
+                                      test_path=str(tmp_path / "test.npy"), clip_length=3))
+  np.testing.assert_array_equal(source.load_split("test"), test[:, :3])
+  assert source.num_examples == {"train": 3, "test": 2}
 
 
 @pytest.mark.parametrize("train_shape,test_shape,dtype,expected", [
