@@ -911,7 +911,8 @@ def _video_holdout_source(name: str, videos: np.ndarray, cfg, pre: _Preprocess,
           f"`dataset.path` have {t}; set dataset.clip_length (at most "
           f"{min(t, test.shape[1])}) to cut both into clips of one length.")
     length = int(t if length is None else length)
-    splits = {"train": extract_clips(videos, length, selection=selection), "test": extract_clips(test, length, selection=selection)}
+    splits = {"train": extract_clips(videos, length, selection=selection),
+              "test": extract_clips(test, length, selection=selection)}
     split_note = _test_path_note(test_origin)
   else:
     length = int(t if length is None else length)
