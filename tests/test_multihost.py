@@ -6,7 +6,8 @@
   numpy data streamed per process and a video model (svg_lp on numpy_videos), to the
   tolerance of the 8-simulated-device test (test_model_contract). TFDS streaming
   reads per-process shards (`tfds.even_splits`) shuffled per process: a different
-  order of the same examples, so only its statistics are compared.
+  order of the same examples, so only its statistics are compared. The default run
+  covers the two conv VAE modes; the video model and TFDS streaming are `-m slow`.
 * Files written once: the workdir of a 2-process run has exactly the files of a
   1-process run (orbax's own per-process files inside each checkpoint aside).
 * Faults (slow, `-m slow`): killing one of two processes stops the other within the
@@ -39,6 +40,14 @@ ROOT = cli_utils.ROOT
 RUNNER = os.path.join(HERE, "multihost_run.py")
 EXACT_MODES = ("device", "numpy", "video")
 MODES = EXACT_MODES + ("tfds",)
+# The default run trains the two conv VAE modes (about a minute of CI time); the video
+# model and TFDS streaming compile and run much longer and are in `-m slow`.
+SLOW_MODES = ("video", "tfds")
+
+
+def _modes(modes):
+  """pytest parameters of `modes`, those of SLOW_MODES marked slow."""
+  return [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODES else m for m in modes]
 
 
 def _free_port() -> int:
@@ -95,19 +104,35 @@ def _write_data(root):
   np.save(os.path.join(root, "videos.npy"), tiny_models.smooth_data("svg_lp", 48))
 
 
-@pytest.fixture(scope="module")
-def layouts(gloo, shapes_data_dir, tmp_path_factory):
-  """Every mode trained as 1 process x 4 devices and as 2 processes x 2 devices:
+def _train_layouts(modes, data_dir, tmp_path_factory):
+  """`modes` trained as 1 process x 4 devices and as 2 processes x 2 devices:
   {"one": root, "two": root}, the runs in ROOT/MODE."""
   roots = {name: tmp_path_factory.mktemp(name) for name in ("one", "two")}
   for root in roots.values():
     _write_data(root)
   started = time.time()
-  processes = (_start(roots["one"], 1, 4, MODES, shapes_data_dir)
-               + _start(roots["two"], 2, 2, MODES, shapes_data_dir))
+  processes = (_start(roots["one"], 1, 4, modes, data_dir)
+               + _start(roots["two"], 2, 2, modes, data_dir))
   _finish(processes)
-  print(f"4 modes in both layouts: {time.time() - started:.1f} s")
+  print(f"{', '.join(modes)} in both layouts: {time.time() - started:.1f} s")
   return roots
+
+
+@pytest.fixture(scope="module")
+def fast_layouts(gloo, tmp_path_factory):
+  return _train_layouts([m for m in MODES if m not in SLOW_MODES], "", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def slow_layouts(gloo, shapes_data_dir, tmp_path_factory):
+  return _train_layouts(list(SLOW_MODES), shapes_data_dir, tmp_path_factory)
+
+
+@pytest.fixture
+def layouts(request):
+  """The roots of the layout runs of the test's `mode` (tfds: its own test)."""
+  mode = request.node.callspec.params.get("mode", "tfds")
+  return request.getfixturevalue("slow_layouts" if mode in SLOW_MODES else "fast_layouts")
 
 
 def _rows(workdir, split):
@@ -126,7 +151,7 @@ def _assert_close_rows(rows, expected, rtol):
                                  err_msg=f"step {want['step']} {key}")
 
 
-@pytest.mark.parametrize("mode", EXACT_MODES)
+@pytest.mark.parametrize("mode", _modes(EXACT_MODES))
 def test_two_processes_train_as_one(layouts, mode):
   model = "svg_lp" if mode == "video" else "conv_vae"
   rtol = 10 * tiny_models.sharded_rtol(model)  # as the 8-simulated-device test
@@ -142,11 +167,12 @@ def test_two_processes_train_as_one(layouts, mode):
                      rtol)
 
 
-def test_tfds_streaming_reads_the_same_examples_in_a_per_process_order(layouts):
+@pytest.mark.slow
+def test_tfds_streaming_reads_the_same_examples_in_a_per_process_order(slow_layouts):
   """TFDS streams per-process shards (tfds.even_splits) in per-process shuffles: the
   2-process run trains on other batches of the same data, so only the statistics
   agree (and the evaluation covers the same test examples)."""
-  one, two = (os.path.join(layouts[k], "tfds") for k in ("one", "two"))
+  one, two = (os.path.join(slow_layouts[k], "tfds") for k in ("one", "two"))
   e1, e2 = _rows(one, "eval")[-1], _rows(two, "eval")[-1]
   assert e1["num_examples"] == e2["num_examples"] == 1000
   # Both learnt: the first logged training loss is well above the last...
@@ -174,7 +200,7 @@ def _files(workdir):
   return out
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", _modes(MODES))
 def test_two_processes_write_the_files_of_one(layouts, mode):
   one, two = (os.path.join(layouts[k], mode) for k in ("one", "two"))
   files = _files(two)
