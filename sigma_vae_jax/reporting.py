@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from sigma_vae_jax import progress
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -69,7 +71,7 @@ class Reporter:
     parts = [f"step {step}/{self.num_train_steps}"]
     if rate > 0:
       eta = (self.num_train_steps - step) / rate
-      parts += [f"{rate:.2f} steps/s", f"ETA {_format_seconds(eta)}"]
+      parts += [f"{rate:.2f} steps/s", f"ETA {progress.format_seconds(eta)}"]
     parts.append(f"loss {metrics['loss']:.2f}")
     parts.append(f"nelbo {metrics['nelbo']:.2f}")
     if "log_sigma" in metrics:
@@ -146,13 +148,6 @@ def drop_events_after(logdir: str, step: int) -> int:
       os.replace(tmp, path)
       total += dropped
   return total
-
-
-def _format_seconds(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rest = divmod(seconds, 3600)
-  m, s = divmod(rest, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def image_grid(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray:
