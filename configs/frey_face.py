@@ -1,6 +1,6 @@
 """Frey Face (1,965 grayscale 28x20x1 faces; a seeded 10% held out as the test split).
 
-The builder (`sigma_vae_jax/datasets/frey_face.py`) downloads `frey_rawface.mat` from
+The builder (`sigma_vae_jax/data/datasets/frey_face.py`) downloads `frey_rawface.mat` from
 https://cs.nyu.edu/~roweis/data/frey_rawface.mat on first use, or takes it from TFDS's
 manual directory (`<data_dir>/downloads/manual/frey_rawface.mat`, or
 `dataset.manual_dir`) when it is there. Set `dataset.download=False` to never download.

@@ -217,8 +217,8 @@ def run(config, image_shape):
   import jax
   import numpy as np
   from sigma_vae_jax import models
-  from sigma_vae_jax import train_step
-  from sigma_vae_jax import trainer as trainer_lib
+  from sigma_vae_jax.training import train_step
+  from sigma_vae_jax.training import trainer as trainer_lib
 
   models.validate(config.model, image_shape)
   devices = jax.devices()

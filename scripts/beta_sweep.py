@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
-from sigma_vae_jax import sweeps  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
 
 DEFAULT_BETAS = (0.001, 0.01, 0.1, 1.0, 10.0)
 

@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from sigma_vae_jax import likelihoods  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
-from sigma_vae_jax import sweeps  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import likelihoods  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
 
 DEFAULT_DECODERS = tuple(name for name in likelihoods.LIKELIHOODS if name != "beta")
 

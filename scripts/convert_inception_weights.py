@@ -1,5 +1,5 @@
 r"""Converts pytorch-fid's InceptionV3 weights to the .npz that
-`sigma_vae_jax.inception.load_params` reads.
+`sigma_vae_jax.evaluation.inception.load_params` reads.
 
   python scripts/convert_inception_weights.py \
       --input pt_inception-2015-12-05-6726825d.pth \
@@ -110,10 +110,10 @@ def main(argv=None) -> int:
 
   if not args.no_validate:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from sigma_vae_jax import inception  # pylint: disable=g-import-not-at-top
+    from sigma_vae_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
 
     inception.load_params(written, validate=True)
-    print("validated against sigma_vae_jax.inception.InceptionV3FID")
+    print("validated against sigma_vae_jax.evaluation.inception.InceptionV3FID")
   return 0
 
 

@@ -84,7 +84,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                            "random (weight-free conv net; relative comparisons only), auto "
                            "(inception when its weights are present, else random) or none.")
   parser.add_argument("--fid_weights_path", default=None,
-                      help="InceptionV3 weights (default: sigma_vae_jax.inception's path).")
+                      help="InceptionV3 weights (default: sigma_vae_jax.evaluation.inception's path).")
   parser.add_argument("--batch_size", type=int, default=REFERENCE_BATCH_SIZE,
                       help="Videos per batch (default 100, as the reference's evaluation; "
                            "with batch normalisation samples depend on the batch).")
@@ -100,7 +100,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def _resolve_fid_kind(fid_kind: str, weights_path: Optional[str]) -> str:
   """'auto' -> 'inception' when its weights load, else 'random'; others unchanged
   (a missing Inception file for 'inception' raises FileNotFoundError first)."""
-  from sigma_vae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   if fid_kind == "auto":
     try:
       evaluate.fid_feature_fn("inception", weights_path)
@@ -121,7 +121,7 @@ def _test_data(source, config, num_videos: int, video_length: Optional[int]):
   num_videos test clips serve as both.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   if not source.is_video:
     clips = source.load_split("test")[:num_videos]
     if video_length is not None:
@@ -146,11 +146,11 @@ def run(workdir: str, output_dir: Optional[str] = None,
   the JSON dict."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax import losses  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax import sweeps  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
   output_dir = output_dir or os.path.join(workdir, NAME)
@@ -254,7 +254,7 @@ def run(workdir: str, output_dir: Optional[str] = None,
 
 
 def _plot(rows, result, path):
-  from sigma_vae_jax import sweeps  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
   scored = [r for r in rows if "psnr" in r]
   frames = [r["frame"] for r in scored]
   fig, axes = sweeps.new_figure(2)
@@ -292,8 +292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if value is not None and value < 1:
       print(f"ERROR: --{name} must be >= 1; got {value}", file=sys.stderr)
       return 1
-  from sigma_vae_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax import configuration  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   try:
     run(args.workdir, args.output_dir, args.num_samples, args.num_videos, args.fid_kind,
         args.fid_weights_path, args.batch_size, args.temperature, args.video_length,

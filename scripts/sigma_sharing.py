@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
-from sigma_vae_jax import sweeps  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
     "shared": ({"decoder.name": "optimal_sigma", "decoder.sigma_axes": None}, "optimal"),
@@ -62,7 +62,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
     raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
   os.makedirs(output_dir, exist_ok=True)
   config = sweeps.prepare_config(config)
-  from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   image_shape = input_pipeline.get_data_source(config.dataset).image_shape
   variants = []
   for name in variant_names:

@@ -63,7 +63,8 @@ def main(argv):
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
 
-  from sigma_vae_jax import checkpointing, configuration, train
+  from sigma_vae_jax import configuration
+  from sigma_vae_jax.training import checkpointing, train
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (configuration.ConfigError, checkpointing.CheckpointError,

@@ -22,7 +22,7 @@ import pytest
 @pytest.fixture(scope="session")
 def shapes_data_dir(tmp_path_factory):
   """A TFDS data_dir with the built-in synthetic_shapes dataset prepared (~3 s)."""
-  from sigma_vae_jax import input_pipeline
+  from sigma_vae_jax.data import input_pipeline
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   input_pipeline.get_data_source({"name": "synthetic_shapes", "data_dir": data_dir})
   return data_dir

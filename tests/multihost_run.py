@@ -67,7 +67,7 @@ def main(root, process_id, num_processes, port, devices, modes, data_dir=""):
     total = jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, P()))(x)
     print(f"PSUM={float(total)}", flush=True)
     return
-  from sigma_vae_jax import train  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.training import train  # pylint: disable=g-import-not-at-top
   for mode in modes:
     train.train_and_evaluate(mode_config(mode, root, data_dir), os.path.join(root, mode))
 

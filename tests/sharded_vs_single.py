@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tiny_models  # noqa: E402
-from sigma_vae_jax import trainer as trainer_lib  # noqa: E402
+from sigma_vae_jax.training import trainer as trainer_lib  # noqa: E402
 
 
 def main(model_name, decoder_name):

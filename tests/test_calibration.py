@@ -16,8 +16,8 @@ from scipy import special
 from configs import default as default_config
 from sigma_vae_jax import configuration
 from sigma_vae_jax import likelihoods
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.training import trainer as trainer_lib
 
 LOW = -6.0
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tiny_models
-from sigma_vae_jax import train
+from sigma_vae_jax.training import train
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs")

@@ -10,9 +10,9 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
-from sigma_vae_jax import input_pipeline
-from sigma_vae_jax.datasets import frey_face
-from sigma_vae_jax.datasets import synthetic_shapes
+from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data.datasets import frey_face
+from sigma_vae_jax.data.datasets import synthetic_shapes
 
 def _build_shapes(data_dir, max_examples_per_split=None):
   builder = synthetic_shapes.SyntheticShapes(data_dir=os.fspath(data_dir))

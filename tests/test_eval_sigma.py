@@ -18,12 +18,12 @@ import pytest
 from jax.sharding import Mesh
 
 from sigma_vae_jax import configuration
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import models
-from sigma_vae_jax import train
-from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.training import train
+from sigma_vae_jax.training import trainer as trainer_lib
 import tiny_models
 
 SHAPE = (8, 8, 3)

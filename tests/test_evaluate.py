@@ -1,4 +1,4 @@
-"""Model-level evaluation (sigma_vae_jax.evaluate) on cases with known answers, with a
+"""Model-level evaluation (sigma_vae_jax.evaluation.evaluate) on cases with known answers, with a
 tiny model trained for a few steps on the built-in dataset (prepared once)."""
 
 import json
@@ -12,12 +12,12 @@ import pytest
 
 import cli_utils
 from configs import default as default_config
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import losses
-from sigma_vae_jax import metrics
-from sigma_vae_jax import train
-from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.evaluation import metrics
+from sigma_vae_jax.training import train
+from sigma_vae_jax.training import trainer as trainer_lib
 
 NUM_EVAL = 64
 

@@ -32,10 +32,10 @@ from sigma_vae_jax import likelihoods
 from sigma_vae_jax import losses
 from sigma_vae_jax import models
 from sigma_vae_jax import objectives
-from sigma_vae_jax import train
-from sigma_vae_jax import trainer as trainer_lib
 from sigma_vae_jax.models import hvae
 from sigma_vae_jax.models.base import ModelOutput
+from sigma_vae_jax.training import train
+from sigma_vae_jax.training import trainer as trainer_lib
 import cli_utils
 import tiny_models
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from sigma_vae_jax import inception, metrics
+from sigma_vae_jax.evaluation import inception, metrics
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,9 +14,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from sigma_vae_jax import input_pipeline as ip
 from sigma_vae_jax import models
-from sigma_vae_jax.datasets import synthetic_shapes
+from sigma_vae_jax.data import input_pipeline as ip
+from sigma_vae_jax.data.datasets import synthetic_shapes
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs")

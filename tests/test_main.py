@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sigma_vae_jax import configuration
-from sigma_vae_jax import input_pipeline
+from sigma_vae_jax.data import input_pipeline
 import cli_utils
 
 

@@ -1,4 +1,4 @@
-"""Tests for sigma_vae_jax.metrics against independent numpy/scipy references."""
+"""Tests for sigma_vae_jax.evaluation.metrics against independent numpy/scipy references."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from sigma_vae_jax import metrics
+from sigma_vae_jax.evaluation import metrics
 
 
 # ----------------------------------------------------------------------------

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import tiny_models
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import models
 from sigma_vae_jax import objectives
-from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.training import trainer as trainer_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_NAMES = sorted(models.MODELS)

@@ -339,7 +339,7 @@ def test_in_memory_process_batches_concatenate_to_the_one_process_batch(tmp_path
   """Process p's batch of step k is rows [p*b, (p+1)*b) of the one-process global
   batch k (b = B/P), so make_array_from_process_local_data (processes in device order)
   rebuilds exactly the one-process batch; a one-pass stream still covers the split."""
-  from sigma_vae_jax import input_pipeline
+  from sigma_vae_jax.data import input_pipeline
   path = tmp_path / "images.npy"
   # Every image distinct: its first pixel holds its index.
   images = np.zeros((n, 4, 4, 3), np.uint8)

@@ -26,9 +26,9 @@ from jax.sharding import Mesh
 from scipy import special, stats
 
 from configs import default as default_config
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import train_step
-from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.training import train_step
+from sigma_vae_jax.training import trainer as trainer_lib
 
 IMAGE_SHAPE = (4, 4, 1)
 NUM_PIXELS = math.prod(IMAGE_SHAPE)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sigma_vae_jax import input_pipeline as ip
+from sigma_vae_jax.data import input_pipeline as ip
 
 
 def _config(**kwargs):

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sigma_vae_jax import checkpointing
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import reporting
-from sigma_vae_jax import train
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.training import checkpointing
+from sigma_vae_jax.training import reporting
+from sigma_vae_jax.training import train
 import cli_utils
 
 

@@ -2,7 +2,7 @@
 
 import io
 
-from sigma_vae_jax import progress
+from sigma_vae_jax.training import progress
 
 
 class _Clock:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from sigma_vae_jax import checkpointing
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import train
-from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.training import checkpointing
+from sigma_vae_jax.training import train
+from sigma_vae_jax.training import trainer as trainer_lib
 import cli_utils
 
 RUN = {"num_train_steps": 40, "eval_every_steps": 20, "checkpoint_every_steps": 4,

@@ -99,7 +99,7 @@ def test_beta_sweep_from_the_command_line(dirs, tmp_path):
 
 
 def test_beta_grid_in_the_papers_units():
-  from sigma_vae_jax import sweeps
+  from sigma_vae_jax.evaluation import sweeps
   beta_sweep = _load_script("beta_sweep")
   parse = lambda *args: sweeps.parse_flags(["beta_sweep.py", "--output_dir=x", *args],
                                            beta_sweep._define)
@@ -210,7 +210,7 @@ def test_missing_inception_weights_fail_before_any_training(dirs, tmp_path):
 
 
 def test_run_workdir_is_a_function_of_what_is_trained(tmp_path):
-  from sigma_vae_jax import sweeps
+  from sigma_vae_jax.evaluation import sweeps
   config = _config(str(tmp_path / "a"))
   a = sweeps.run_workdir("root", sweeps.apply_overrides(config, {"decoder.name": "beta",
                                                                    "decoder.beta": 0.1}))
@@ -225,7 +225,7 @@ def test_run_workdir_is_a_function_of_what_is_trained(tmp_path):
 
 
 def test_aggregate_over_seeds():
-  from sigma_vae_jax import sweeps
+  from sigma_vae_jax.evaluation import sweeps
   rows = [{"variant": "x", "seed": 0, "nelbo": 1.0, "model": "m"},
           {"variant": "x", "seed": 1, "nelbo": 3.0, "model": "m"},
           {"variant": "y", "seed": 0, "nelbo": 5.0, "model": "n"}]

@@ -11,8 +11,8 @@ import pytest
 from jax.sharding import Mesh
 
 from sigma_vae_jax import likelihoods
-from sigma_vae_jax import train_step
-from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax.training import train_step
+from sigma_vae_jax.training import trainer as trainer_lib
 from configs import default as default_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -22,12 +22,12 @@ import pytest
 
 import cli_utils
 import tiny_models
-from sigma_vae_jax import checkpointing
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import metrics
-from sigma_vae_jax import train
-from sigma_vae_jax import trainer as trainer_lib
-from sigma_vae_jax import video_metrics
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.evaluation import metrics
+from sigma_vae_jax.evaluation import video_metrics
+from sigma_vae_jax.training import checkpointing
+from sigma_vae_jax.training import train
+from sigma_vae_jax.training import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T, HW, C = 4, 16, 3
@@ -362,7 +362,7 @@ def test_script_reads_the_reference_protocol_on_bair():
   the first 12 frames of each test video."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from test_input_pipeline import TEST_OFFSET, _frame_ids, _numbered_bair  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   script = _load_script()
   args = script.parse_args(["--workdir=w"])
   assert (args.num_videos, args.num_samples, args.batch_size) == (256, 100, 100)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
-from sigma_vae_jax import video_metrics as vm
+from sigma_vae_jax.evaluation import video_metrics as vm
 
 
 def _window_2d(size=11, sigma=1.5):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import tiny_models
-from sigma_vae_jax import evaluate
-from sigma_vae_jax import input_pipeline
-from sigma_vae_jax import train
-from sigma_vae_jax import trainer as trainer_lib
+from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.training import train
+from sigma_vae_jax.training import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_IDS = np.arange(16)

@@ -24,13 +24,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from sigma_vae_jax import configuration
-from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import losses
 from sigma_vae_jax import models
 from sigma_vae_jax import objectives
-from sigma_vae_jax import reporting
-from sigma_vae_jax import train_step as steps
+from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.training import reporting
+from sigma_vae_jax.training import train_step as steps
 
 DATA_AXIS = "data"
 # Fold-in constants that separate the random streams derived from one seed.

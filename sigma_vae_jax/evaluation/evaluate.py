@@ -43,17 +43,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sigma_vae_jax import checkpointing
 from sigma_vae_jax import configuration
 from sigma_vae_jax import default_config
-from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import losses
-from sigma_vae_jax import metrics
 from sigma_vae_jax import models
-from sigma_vae_jax import progress
-from sigma_vae_jax import train_step
-from sigma_vae_jax import trainer as trainer_lib
-from sigma_vae_jax import video_metrics
+from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.evaluation import metrics
+from sigma_vae_jax.evaluation import video_metrics
+from sigma_vae_jax.training import checkpointing
+from sigma_vae_jax.training import progress
+from sigma_vae_jax.training import train_step
+from sigma_vae_jax.training import trainer as trainer_lib
 
 # Which checkpoint of a run `load_run` restores.
 CHECKPOINTS = ("latest", "best")

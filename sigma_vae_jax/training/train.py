@@ -23,16 +23,16 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from sigma_vae_jax import checkpointing
 from sigma_vae_jax import configuration
-from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import models
-from sigma_vae_jax import progress
-from sigma_vae_jax import reporting
-from sigma_vae_jax import train_step
-from sigma_vae_jax import trainer as trainer_lib
-from sigma_vae_jax.train_step import TrainState
+from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.training import checkpointing
+from sigma_vae_jax.training import progress
+from sigma_vae_jax.training import reporting
+from sigma_vae_jax.training import train_step
+from sigma_vae_jax.training import trainer as trainer_lib
+from sigma_vae_jax.training.train_step import TrainState
 
 
 class NonFiniteError(RuntimeError):

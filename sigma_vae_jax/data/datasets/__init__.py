@@ -8,8 +8,8 @@ Importing this module imports TensorFlow Datasets; `sigma_vae_jax/__init__.py` d
 not import it.
 """
 
-from sigma_vae_jax.datasets import frey_face
-from sigma_vae_jax.datasets import synthetic_shapes
+from sigma_vae_jax.data.datasets import frey_face
+from sigma_vae_jax.data.datasets import synthetic_shapes
 
 FreyFace = frey_face.FreyFace
 SyntheticShapes = synthetic_shapes.SyntheticShapes

@@ -7,7 +7,7 @@ jit-able; `frechet_distance`, `feature_statistics`, `compute_features` and
 
 FID feature networks ("fid kinds"):
 
-* ``'inception'``: the standard pytorch-fid InceptionV3 (`sigma_vae_jax.inception`).
+* ``'inception'``: the standard pytorch-fid InceptionV3 (`sigma_vae_jax.evaluation.inception`).
   Needs converted weights; numbers are comparable to published FIDs (up to the
   usual implementation differences).
 * ``'random'``: `random_feature_fn`, a fixed, randomly initialised conv net
@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sigma_vae_jax import inception
 from sigma_vae_jax import losses
-from sigma_vae_jax import progress
+from sigma_vae_jax.evaluation import inception
+from sigma_vae_jax.training import progress
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -265,7 +265,7 @@ def make_feature_fn(fid_kind: str = "random", **kwargs) -> Callable[[Array], Arr
 
   'random': `random_feature_fn(**kwargs)` (weight-free; relative comparisons only).
   'inception': pytorch-fid InceptionV3 pool features; kwargs may give
-    `weights_path` (default: see `sigma_vae_jax.inception.default_weights_path`).
+    `weights_path` (default: see `sigma_vae_jax.evaluation.inception.default_weights_path`).
   """
   if fid_kind == "random":
     return random_feature_fn(**kwargs)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from sigma_vae_jax import progress
+from sigma_vae_jax.training import progress
 
 METRICS_FILE = "metrics.jsonl"
 

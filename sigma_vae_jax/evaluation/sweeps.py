@@ -32,12 +32,12 @@ import ml_collections
 import numpy as np
 
 from sigma_vae_jax import cli
-from sigma_vae_jax import progress
+from sigma_vae_jax.training import progress
 
 # Imported on first use (JAX, and TensorFlow through train/evaluate, take seconds):
 # a script's --help answers before them. `sweeps.evaluate` etc. still work.
-_LAZY_MODULES = {"jax": "jax", "evaluate": "sigma_vae_jax.evaluate",
-                 "reporting": "sigma_vae_jax.reporting", "train": "sigma_vae_jax.train"}
+_LAZY_MODULES = {"jax": "jax", "evaluate": "sigma_vae_jax.evaluation.evaluate",
+                 "reporting": "sigma_vae_jax.training.reporting", "train": "sigma_vae_jax.training.train"}
 
 
 def __getattr__(name):
@@ -134,7 +134,7 @@ def run_workdir(workdir_root: str, config) -> str:
 
 def is_finished(workdir: str, num_train_steps: int) -> bool:
   """Whether workdir holds the final eval of a run of num_train_steps steps."""
-  from sigma_vae_jax import reporting  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.training import reporting  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, reporting.METRICS_FILE)
   if not os.path.exists(path):
     return False
@@ -144,7 +144,7 @@ def is_finished(workdir: str, num_train_steps: int) -> bool:
 
 def read_metrics(workdir: str) -> list[dict]:
   """The JSON lines of WORKDIR/metrics.jsonl (a resumed run may repeat steps)."""
-  from sigma_vae_jax import reporting  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.training import reporting  # pylint: disable=g-import-not-at-top
   rows = []
   with open(os.path.join(workdir, reporting.METRICS_FILE)) as f:
     for line in f:
@@ -159,7 +159,7 @@ def train_or_reuse(config, workdir: str, label: str) -> None:
     print(f"  {label}: reusing the finished run in {workdir}", flush=True)
     return
   print(f"  {label}: training in {workdir}", flush=True)
-  from sigma_vae_jax import train  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.training import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(config, workdir)
 
 
@@ -206,7 +206,7 @@ class EvalSettings:
 def evaluate_run(workdir: str, settings: EvalSettings) -> dict[str, float]:
   """Loads a finished run and evaluates it (cached in the workdir per settings)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   fields = dataclasses.asdict(settings)
   if fields["checkpoint"] == "latest":
     del fields["checkpoint"]  # the key of evaluations cached before the field existed
@@ -253,7 +253,7 @@ def run_sweep(base_config, variants: Sequence[Variant], workdir_root: str,
   Each row: variant, seed, workdir, the variant's columns, the evaluation results
   (settings=None: none), and extra(variant, workdir, config) if given.
   """
-  from sigma_vae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   if settings is not None and settings.fid_kind != "none":
     evaluate.fid_feature_fn(settings.fid_kind, settings.fid_weights_path)  # fail fast
   rows = []
@@ -477,7 +477,7 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str], *,
                     "FID features: random conv net (no weights), InceptionV3 "
                     "(converted weights needed), or none.", flag_values=fv)
   flags.DEFINE_string("fid_weights_path", None, "InceptionV3 weights (fid_kind="
-                      "inception); default: sigma_vae_jax.inception's path.",
+                      "inception); default: sigma_vae_jax.evaluation.inception's path.",
                       flag_values=fv)
   flags.DEFINE_integer("num_fid_samples", 1000, "Prior samples (and test images) for "
                        "FID.", flag_values=fv)
@@ -528,8 +528,8 @@ def _expected_errors() -> tuple[type, ...]:
   """ValueError (ConfigError is one), missing files, and the training system's own
   errors (of the modules loaded: an error cannot come from a module not imported)."""
   errors = [ValueError, FileNotFoundError, PermissionError]
-  for module, name in (("sigma_vae_jax.checkpointing", "CheckpointError"),
-                       ("sigma_vae_jax.train", "NonFiniteError")):
+  for module, name in (("sigma_vae_jax.training.checkpointing", "CheckpointError"),
+                       ("sigma_vae_jax.training.train", "NonFiniteError")):
     if module in sys.modules:
       errors.append(getattr(sys.modules[module], name))
   return tuple(errors)

@@ -12,7 +12,7 @@ good decoder from a bad one (sharp edges, colours, smooth gradients).
 
 Use it through `input_pipeline.get_data_source` (prepared on first use), or directly:
 
-  from sigma_vae_jax.datasets import synthetic_shapes
+  from sigma_vae_jax.data.datasets import synthetic_shapes
   images, labels = synthetic_shapes.generate(100, seed=0)
 """
 

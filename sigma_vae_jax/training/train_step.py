@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sigma_vae_jax import input_pipeline
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import objectives
+from sigma_vae_jax.data import input_pipeline
 
 OPTIMIZERS = {"adam": optax.adam, "adamax": optax.adamax, "sgd": optax.sgd}
 

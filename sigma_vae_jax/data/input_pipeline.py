@@ -4,7 +4,7 @@ One entry point, `get_data_source(config.dataset)`, returns a `DataSource` for a
 `DATASETS`:
 
 * `synthetic_shapes` (the default; generated locally in seconds), `frey_face`: TFDS
-  builders defined in `sigma_vae_jax.datasets`;
+  builders defined in `sigma_vae_jax.data.datasets`;
 * `mnist`, `svhn` (`svhn_cropped`), `cifar10`, `celeba` (`celeb_a`), `bair`
   (`bair_robot_pushing_small`, frames of the 30-frame videos as images): TFDS;
 * `numpy` (a `.npy`/`.npz` uint8 array) and `folder` (a folder of image files).
@@ -49,9 +49,9 @@ DATASETS: tuple[str, ...] = (
 
 
 def _argument_parser() -> argparse.ArgumentParser:
-  """The command line of `python -m sigma_vae_jax.input_pipeline` (see `main`)."""
+  """The command line of `python -m sigma_vae_jax.data.input_pipeline` (see `main`)."""
   parser = argparse.ArgumentParser(
-      prog="python -m sigma_vae_jax.input_pipeline",
+      prog="python -m sigma_vae_jax.data.input_pipeline",
       description="Download and prepare datasets ahead of training (TFDS datasets into "
                   "--data_dir; numpy/folder files are checked and their split shown), "
                   "e.g. on a machine with network access.")
@@ -67,7 +67,7 @@ def _argument_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-  # `python -m sigma_vae_jax.input_pipeline`: answer --help and usage errors before
+  # `python -m sigma_vae_jax.data.input_pipeline`: answer --help and usage errors before
   # the imports below (TensorFlow takes seconds).
   _argument_parser().parse_args()
   from sigma_vae_jax import cli as _cli  # pylint: disable=g-import-not-at-top
@@ -96,7 +96,7 @@ def prepare_tensorflow() -> None:
     tf.config.experimental.set_visible_devices([], "GPU")
   except (RuntimeError, ValueError):  # TensorFlow already initialised its devices.
     pass
-  importlib.import_module("sigma_vae_jax.datasets")  # Registers the builders.
+  importlib.import_module("sigma_vae_jax.data.datasets")  # Registers the builders.
   cli.quiet_third_party_logs()
 
 
@@ -1059,7 +1059,7 @@ def get_data_source(dataset_config) -> DataSource:
 
 
 def main(argv=None) -> None:
-  """Prepares datasets ahead of a run: `python -m sigma_vae_jax.input_pipeline NAME...`.
+  """Prepares datasets ahead of a run: `python -m sigma_vae_jax.data.input_pipeline NAME...`.
 
   Prints each dataset's `DataSource.description()`; a dataset that cannot be read
   (missing or corrupt file, failed download) ends with one ERROR line, exit 1.
