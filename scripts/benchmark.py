@@ -25,7 +25,7 @@ examples; `images_per_sec` counts images, i.e. clips x frames per clip (input
 frames, `frames_per_clip`) for video models, which also report `clips_per_sec`
 (likewise `eval_*` and `device_train_*`).
 
-Whole epochs on an accelerator (the issue's 10 epochs of SVHN: 73,257 images,
+Whole epochs on an accelerator (10 epochs of SVHN: 73,257 images,
 batch 128, 572 steps per epoch, one compiled call per epoch):
 
   python scripts/benchmark.py --config=configs/svhn.py --config.steps_per_call=572 \
