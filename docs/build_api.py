@@ -5,9 +5,11 @@ r"""Builds the API reference of the importable library from its docstrings (pdoc
   python docs/build_api.py --output_dir=DIR
 
 Documents the modules meant for use in other JAX projects (`MODULES`): the losses
-(pure JAX) and the observation models. Any warning pdoc raises (an annotation it
-cannot resolve, a docstring it cannot convert, an import that fails) stops the build
-with exit code 1, so the reference never silently loses an entry.
+(pure JAX; one page, the names in `losses.__all__`) and the observation models (the
+registry's page, and one page per public submodule: `base`, `continuous`, `discrete`).
+Any warning pdoc raises (an annotation it cannot resolve, a docstring it cannot
+convert, an import that fails) stops the build with exit code 1, so the reference
+never silently loses an entry.
 """
 
 from __future__ import annotations

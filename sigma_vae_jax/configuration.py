@@ -27,7 +27,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamax", "sgd")
 # How the evaluation sigma of the optimal-sigma decoders is set (default_config.py).
 EVAL_SIGMA_RULES = ("auto", "fit", "running_average")
-# decoder.log_sigma_min below this lets float32 exp(-log_sigma) overflow (losses.py).
+# decoder.log_sigma_min below this lets float32 exp(-log_sigma) overflow (losses).
 _LOWEST_LOG_SIGMA_MIN = -80.0
 
 
