@@ -4,7 +4,9 @@ The model of the sigma-VAE paper's BAIR column (Table 2), as in the authors' pub
 PyTorch release (edenton/svg, `train_svg_lp.py` with `models/vgg_64.py` and
 `models/lstm.py`), written for this package's model contract (`models.base`): the
 decoder outputs `num_outputs` raw channels per pixel and a likelihood
-(`config.decoder`) scores them, so every registered decoder works.
+(`config.decoder`) scores them, so every registered decoder works. This module holds
+the model's config fields, their checks and the model (its time steps); the networks
+are in `models.svg_lp_vgg64` (frame encoder/decoder) and `models.svg_lp_lstm` (LSTMs).
 
 Networks (sizes are `config.model` fields, reference defaults in brackets):
 * frame encoder (vgg_64): `num_stages` [4] stages of 3x3 conv + norm + LeakyReLU(0.2)
@@ -74,7 +76,6 @@ less memory.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -85,15 +86,12 @@ import numpy as np
 
 from sigma_vae_jax import losses
 from sigma_vae_jax.models.base import LatentGroup, ModelOutput
+from sigma_vae_jax.models.svg_lp_lstm import FramePredictor, GaussianLSTM, zero_carry
+from sigma_vae_jax.models.svg_lp_vgg64 import (FrameDecoder, FrameEncoder, frame_size,
+                                               stage_sizes, VGG64_STAGES)
 
-# (channels at width 1, conv layers) of the vgg_64 stages, from full resolution down.
-VGG64_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3))
 NORMS = ("batch", "group", "none")
 DTYPES = ("float32", "bfloat16")
-_NORM_EPS = 1e-5  # PyTorch BatchNorm2d's
-_LEAKY_SLOPE = 0.2
-
-_init = nn.initializers.normal(0.02)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -128,16 +126,6 @@ def default_config() -> ml_collections.ConfigDict:
   # Recompute encoder/decoder activations in the backward pass (less memory).
   model.remat = False
   return model
-
-
-def frame_size(num_stages: int) -> int:
-  """Height and width of the frames a `num_stages`-stage encoder takes."""
-  return 4 * 2 ** num_stages
-
-
-def stage_sizes(num_stages: int, width: float) -> tuple[tuple[int, int], ...]:
-  """(channels, layers) of each stage for `num_stages` stages at channel multiplier `width`."""
-  return tuple((max(1, int(round(c * width))), n) for c, n in VGG64_STAGES[:num_stages])
 
 
 def validate(model_config, data_shape: Optional[Sequence[int]] = None) -> None:
@@ -209,210 +197,6 @@ def skip_frame(i: int, n_past: int, last_frame_skip: bool) -> int:
   if last_frame_skip or i < n_past:
     return i - 1
   return max(n_past - 2, 0)
-
-
-# --------------------------------------------------------------------------
-# Layers. Frames are [*lead, H, W, C] with any leading axes (batch, or batch and time);
-# batch statistics reduce over the first axis and the spatial axes, never over time.
-# --------------------------------------------------------------------------
-
-
-class Norm(nn.Module):
-  """Normalisation of [*lead, H, W, C] maps with a learned per-channel affine map.
-
-  kind="batch": statistics over axis 0 (the batch) and H, W, separately for the other
-  leading axes (time); "group": per example over H, W and `groups` channel groups;
-  "none": identity. Statistics in float32; biased variance, eps 1e-5 (as PyTorch).
-  """
-  kind: str
-  groups: int = 32
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    if self.kind == "none":
-      return x
-    c = x.shape[-1]
-    h = x.astype(jnp.float32)
-    if self.kind == "batch":
-      axes = (0, h.ndim - 3, h.ndim - 2)
-      mean = h.mean(axes, keepdims=True)
-      var = jnp.square(h - mean).mean(axes, keepdims=True)
-      h = (h - mean) * jax.lax.rsqrt(var + _NORM_EPS)
-    elif self.kind == "group":
-      g = math.gcd(self.groups, c)
-      hg = h.reshape(h.shape[:-1] + (g, c // g))
-      axes = (hg.ndim - 4, hg.ndim - 3, hg.ndim - 1)
-      mean = hg.mean(axes, keepdims=True)
-      var = jnp.square(hg - mean).mean(axes, keepdims=True)
-      h = ((hg - mean) * jax.lax.rsqrt(var + _NORM_EPS)).reshape(h.shape)
-    else:
-      raise ValueError(f"model.norm: unknown normalisation {self.kind!r}")
-    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    return (h * scale + bias).astype(self.dtype)
-
-
-class VGGLayer(nn.Module):
-  """3x3 conv (padding 1) + norm + LeakyReLU(0.2): the reference's `vgg_layer`."""
-  features: int
-  norm: str
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, kernel_init=_init,
-                name="conv")(x)
-    x = Norm(self.norm, dtype=self.dtype, name="norm")(x)
-    return nn.leaky_relu(x, _LEAKY_SLOPE)
-
-
-def _max_pool2(x):
-  """2x2 max pool, stride 2, on [*lead, H, W, C]."""
-  *lead, h, w, c = x.shape
-  return x.reshape(*lead, h // 2, 2, w // 2, 2, c).max(axis=(-4, -2))
-
-
-def _upsample2(x):
-  """Nearest-neighbour 2x upsampling of [*lead, H, W, C]."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
-
-
-class FrameEncoder(nn.Module):
-  """vgg_64 encoder: frames [*lead, H, W, C] -> (codes [*lead, g_dim] float32,
-  skips: one [*lead, h_k, w_k, c_k] map per stage, full resolution first)."""
-  g_dim: int
-  stages: Sequence[tuple[int, int]]
-  norm: str = "batch"
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    h = x.astype(self.dtype)
-    skips = []
-    for k, (c, n) in enumerate(self.stages):
-      if k:
-        h = _max_pool2(h)
-      for j in range(n):
-        h = VGGLayer(c, self.norm, self.dtype, name=f"stage{k}_{j}")(h)
-      skips.append(h)
-    h = _max_pool2(h)  # [*lead, 4, 4, c]
-    # The reference's 4x4 'valid' conv on the 4x4 map: a dense layer on the flattened map.
-    h = nn.Dense(self.g_dim, dtype=self.dtype, kernel_init=_init, name="code")(
-        h.reshape(h.shape[:-3] + (-1,)))
-    h = Norm(self.norm, groups=1, dtype=self.dtype, name="code_norm")(h[..., None, None, :])
-    return jnp.tanh(h[..., 0, 0, :]).astype(jnp.float32), skips
-
-
-class FrameDecoder(nn.Module):
-  """Mirror of the encoder: (codes [*lead, g_dim], skips) -> raw outputs
-  [*lead, H, W, num_outputs] float32."""
-  num_outputs: int
-  stages: Sequence[tuple[int, int]]
-  norm: str = "batch"
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, code, skips):
-    c_last = self.stages[-1][0]
-    # The reference's 4x4 transposed conv on the 1x1 code: a dense layer to a 4x4 map
-    # (with the conv's per-channel bias).
-    h = nn.Dense(16 * c_last, use_bias=False, dtype=self.dtype, kernel_init=_init,
-                 name="code")(code.astype(self.dtype))
-    bias = self.param("code_bias", nn.initializers.zeros, (c_last,), jnp.float32)
-    h = h.reshape(code.shape[:-1] + (4, 4, c_last)) + bias.astype(self.dtype)
-    h = nn.leaky_relu(Norm(self.norm, dtype=self.dtype, name="code_norm")(h), _LEAKY_SLOPE)
-    for k in reversed(range(len(self.stages))):
-      c, n = self.stages[k]
-      h = jnp.concatenate([_upsample2(h), skips[k].astype(self.dtype)], axis=-1)
-      for j in range(n):
-        if j < n - 1:
-          h = VGGLayer(c, self.norm, self.dtype, name=f"stage{k}_{j}")(h)
-        elif k:
-          h = VGGLayer(self.stages[k - 1][0], self.norm, self.dtype, name=f"stage{k}_{j}")(h)
-        else:  # the reference's 3x3 transposed conv (stride 1, padding 1) = a 3x3 conv
-          h = nn.Conv(self.num_outputs, (3, 3), padding=1, dtype=self.dtype,
-                      kernel_init=_init, name="output")(h)
-    return h.astype(jnp.float32)
-
-
-def _uniform_init(bound: float):
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
-def zero_carry(batch: int, rnn_size: int, layers: int):
-  """Initial (c, h) states of `layers` LSTM cells, float32."""
-  zeros = jnp.zeros((batch, rnn_size), jnp.float32)
-  return tuple((zeros, zeros) for _ in range(layers))
-
-
-class LSTMCell(nn.Module):
-  """PyTorch's nn.LSTMCell: gates (i, f, g, o) = x W_ih + b_ih + h W_hh + b_hh, weights
-  and biases U(-1/sqrt(H), 1/sqrt(H)) (the reference keeps PyTorch's initialisation).
-  (c, h) -> (c', h'), float32 states."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, carry, x):
-    c, h = carry
-    init = _uniform_init(1.0 / math.sqrt(self.features))
-    dense = functools.partial(nn.Dense, 4 * self.features, dtype=self.dtype,
-                              kernel_init=init, bias_init=init)
-    gates = dense(name="ih")(x.astype(self.dtype)) + dense(name="hh")(h.astype(self.dtype))
-    i, f, g, o = jnp.split(gates.astype(jnp.float32), 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return (c, h), h
-
-
-class LSTMStack(nn.Module):
-  """Dense embed + `layers` LSTM cells; one step: (carry, x [B, D]) -> (carry, h [B, rnn])."""
-  rnn_size: int
-  layers: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, carry, x):
-    h = nn.Dense(self.rnn_size, dtype=self.dtype, kernel_init=_init, name="embed")(
-        x.astype(self.dtype))
-    new_carry = []
-    for layer, state in enumerate(carry):
-      state, h = LSTMCell(self.rnn_size, self.dtype, name=f"lstm{layer}")(state, h)
-      new_carry.append(state)
-    return tuple(new_carry), h
-
-
-class FramePredictor(nn.Module):
-  """The reference's `lstm`: [g_{t-1}, z_t] -> next frame code (dense + tanh), float32."""
-  g_dim: int
-  rnn_size: int
-  layers: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, carry, x):
-    carry, h = LSTMStack(self.rnn_size, self.layers, self.dtype, name="rnn")(carry, x)
-    g = nn.Dense(self.g_dim, dtype=self.dtype, kernel_init=_init, name="output")(h)
-    return carry, jnp.tanh(g).astype(jnp.float32)
-
-
-class GaussianLSTM(nn.Module):
-  """The reference's `gaussian_lstm`: input -> (mean, log variance) over z_dim, float32."""
-  z_dim: int
-  rnn_size: int
-  layers: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, carry, x):
-    carry, h = LSTMStack(self.rnn_size, self.layers, self.dtype, name="rnn")(carry, x)
-    h = h.astype(jnp.float32)  # the heads in float32 (exp(log_var) needs the precision)
-    mean = nn.Dense(self.z_dim, kernel_init=_init, name="mean")(h)
-    log_var = nn.Dense(self.z_dim, kernel_init=_init, name="log_var")(h)
-    return carry, (mean, log_var)
 
 
 # --------------------------------------------------------------------------
