@@ -24,7 +24,7 @@ class ArrayBackend:
   """Splits held in host memory (numpy, folder, frey_face): exact full shuffles."""
 
   video = False
-  in_memory = True
+  in_memory = True  # `DataSource.in_memory`: load_split hands out these arrays.
 
   def __init__(self, splits: dict[str, np.ndarray]):
     for images in splits.values():
