@@ -121,7 +121,10 @@ def _test_data(source, config, num_videos: int, video_length: Optional[int]):
   num_videos test clips serve as both.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.data.clips import extract_clips
+  from sigma_vae_jax.data.dataset_fields import DEFAULT_CLIP_SELECTION
+  # pylint: enable=g-import-not-at-top
   if not source.is_video:
     clips = source.load_split("test")[:num_videos]
     if video_length is not None:
@@ -130,9 +133,9 @@ def _test_data(source, config, num_videos: int, video_length: Optional[int]):
   frames = source.load_clips("test", source.video_frames, selection="first",
                              max_videos=num_videos)
   length = min(video_length or config.model.get("n_eval", frames.shape[1]), frames.shape[1])
-  clips = input_pipeline.extract_clips(
+  clips = extract_clips(
       frames, int(config.dataset.clip_length),
-      selection=config.dataset.get("clip_selection") or input_pipeline.DEFAULT_CLIP_SELECTION)
+      selection=config.dataset.get("clip_selection") or DEFAULT_CLIP_SELECTION)
   return np.ascontiguousarray(frames[:, :length]), clips
 
 

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.dataset = ml_collections.ConfigDict()
-  # One of input_pipeline.DATASETS; `synthetic_shapes` is generated locally.
+  # One of data.dataset_fields.DATASETS; `synthetic_shapes` is generated locally.
   config.dataset.name = "synthetic_shapes"
   # File or folder for `numpy` (.npy/.npz uint8 [N,H,W(,C)]) and `folder` (images).
   config.dataset.path = ""

@@ -11,6 +11,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data import splits
 from sigma_vae_jax.data.datasets import frey_face
 from sigma_vae_jax.data.datasets import synthetic_shapes
 
@@ -121,7 +122,7 @@ def test_frey_face_from_manual_dir(tmp_path):
   train, test = source.load_split("train"), source.load_split("test")
   assert train.shape == (1769, 28, 20, 1) and test.shape == (196, 28, 20, 1)
   assert train.dtype == np.uint8
-  idx = input_pipeline.holdout_indices(1965, 0.1)
+  idx = splits.holdout_indices(1965, 0.1)
   assert not set(idx["train"]) & set(idx["test"])
   assert sorted(np.concatenate([idx["train"], idx["test"]])) == list(range(1965))
   np.testing.assert_array_equal(train, expected[idx["train"]])

@@ -1,6 +1,6 @@
 """Every entry point answers --help fast, and command-line mistakes end in one line.
 
-Entry points: `python -m sigma_vae_jax.main`, `python -m sigma_vae_jax.data.input_pipeline`
+Entry points: `python -m sigma_vae_jax.main`, `python -m sigma_vae_jax.data`
 and every scripts/*.py (found by glob, so new scripts are covered).
 """
 
@@ -19,12 +19,12 @@ import cli_utils
 
 ROOT = cli_utils.ROOT
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "scripts", "*.py")))
-ENTRY_POINTS = ["sigma_vae_jax.main", "sigma_vae_jax.data.input_pipeline"] + [
+ENTRY_POINTS = ["sigma_vae_jax.main", "sigma_vae_jax.data"] + [
     os.path.relpath(p, ROOT) for p in SCRIPTS]
 # A flag each known entry point must list in its help (others: any flag).
 FLAGS_IN_HELP = {
     "sigma_vae_jax.main": ("--workdir", "--config", "multihost"),
-    "sigma_vae_jax.data.input_pipeline": ("--data_dir", "--path", "synthetic_shapes"),
+    "sigma_vae_jax.data": ("--data_dir", "--path", "synthetic_shapes"),
     "scripts/benchmark.py": ("--image_shape", "--config", "--steps"),
     "scripts/benchmark_pytorch.py": ("--batch_size", "--threads"),
     "scripts/convert_inception_weights.py": ("--input", "--output"),

@@ -20,7 +20,10 @@ from jax.sharding import Mesh
 from sigma_vae_jax import configuration
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import models
+from sigma_vae_jax.data import data_source
+from sigma_vae_jax.data import dataset_fields
 from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data import splits
 from sigma_vae_jax.evaluation import evaluate
 from sigma_vae_jax.training import train
 from sigma_vae_jax.training import trainer as trainer_lib
@@ -74,7 +77,7 @@ def _log_sigma_of(errors):
 def hvae_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("eval_sigma")
   images = tiny_models.smooth_data("hvae", NUM_IMAGES, seed=1)
-  split = input_pipeline.holdout_indices(NUM_IMAGES, 0.1)
+  split = splits.holdout_indices(NUM_IMAGES, 0.1)
   images[split["test"]] = 255
   path = str(root / "images.npy")
   np.save(path, images)
@@ -135,8 +138,8 @@ def test_training_evaluates_with_sigma_fitted_to_the_ema_network_without_dropout
 
 def test_load_run_fits_the_same_sigma_without_reading_the_test_split(hvae_run,
                                                                    monkeypatch):
-  real_load, real_batches = (input_pipeline.DataSource.load_split,
-                             input_pipeline.DataSource.batch_iterator)
+  real_load, real_batches = (data_source.DataSource.load_split,
+                             data_source.DataSource.batch_iterator)
 
   def refuse_test(real):
     def read(self, split, *args, **kwargs):
@@ -145,8 +148,8 @@ def test_load_run_fits_the_same_sigma_without_reading_the_test_split(hvae_run,
       return real(self, split, *args, **kwargs)
     return read
 
-  monkeypatch.setattr(input_pipeline.DataSource, "load_split", refuse_test(real_load))
-  monkeypatch.setattr(input_pipeline.DataSource, "batch_iterator",
+  monkeypatch.setattr(data_source.DataSource, "load_split", refuse_test(real_load))
+  monkeypatch.setattr(data_source.DataSource, "batch_iterator",
                       refuse_test(real_batches))
   _, trainer, state = evaluate.load_run(hvae_run["workdir"])
   monkeypatch.undo()
@@ -243,4 +246,4 @@ def test_bad_eval_sigma_fields_are_one_line_errors(field, value):
   config = tiny_models.tiny_config("conv_vae", **{field: value})
   with pytest.raises(configuration.ConfigError, match=f"^{field}: "):
     configuration.validate_config(config, num_devices=1,
-                                  dataset_names=input_pipeline.DATASETS)
+                                  dataset_names=dataset_fields.DATASETS)

@@ -13,7 +13,7 @@ import pytest
 import cli_utils
 from configs import default as default_config
 from sigma_vae_jax import losses
-from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data import preprocessing
 from sigma_vae_jax.evaluation import evaluate
 from sigma_vae_jax.evaluation import metrics
 from sigma_vae_jax.training import train
@@ -122,7 +122,7 @@ def test_iwae_k1_equals_single_sample_elbo(trained):
   batch = images[:16]
   got = evaluate.iwae_nll(trainer, state, batch, num_samples=1, batch_size=16, rng=rng)
 
-  x = input_pipeline.to_float(batch)
+  x = preprocessing.to_float(batch)
   variables = {"params": state.params["model"]}
   mean, log_var = trainer.model.apply(variables, x, method="encode")
   # Batch 0, chunk 0, draw 0 of the chunk.

@@ -65,7 +65,7 @@ print("NEVER_IMPORTED_TF", flush=True)
 # The scripts on `sweeps.run_main` share one structure: two of them stand for all.
 ENTRY_POINTS = [
     ["sigma_vae_jax.main", "--config=configs/default.py", "--workdir={tmp}/run"],
-    ["sigma_vae_jax.data.input_pipeline", "synthetic_shapes", "--data_dir={tmp}/data"],
+    ["sigma_vae_jax.data", "synthetic_shapes", "--data_dir={tmp}/data"],
     ["scripts/benchmark.py"],
     ["scripts/compare_decoders.py", "--output_dir={tmp}/out"],
     ["scripts/beta_sweep.py", "--output_dir={tmp}/out"],

@@ -15,7 +15,12 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from sigma_vae_jax import models
+from sigma_vae_jax.data import __main__ as data_cli
+from sigma_vae_jax.data import clips as clips_lib
+from sigma_vae_jax.data import dataset_fields
 from sigma_vae_jax.data import input_pipeline as ip
+from sigma_vae_jax.data import preprocessing
+from sigma_vae_jax.data import splits
 from sigma_vae_jax.data.datasets import synthetic_shapes
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -109,22 +114,22 @@ def test_bair_clips_under_mock_data():
 
 def test_extract_clips_and_clips_dataset():
   videos = np.arange(2 * 7 * 2 * 2 * 1, dtype=np.uint8).reshape(2, 7, 2, 2, 1)
-  clips = ip.extract_clips(videos, 3)
+  clips = clips_lib.extract_clips(videos, 3)
   assert clips.shape == (4, 3, 2, 2, 1)
   np.testing.assert_array_equal(clips[1], videos[0, 3:6])
   np.testing.assert_array_equal(clips[2], videos[1, 0:3])
-  overlapping = ip.extract_clips(videos, 3, stride=1)
+  overlapping = clips_lib.extract_clips(videos, 3, stride=1)
   assert overlapping.shape == (10, 3, 2, 2, 1)
   np.testing.assert_array_equal(overlapping[4], videos[0, 4:7])
-  from_tf = np.stack(list(tfds.as_numpy(ip.clips_dataset(
+  from_tf = np.stack(list(tfds.as_numpy(clips_lib.clips_dataset(
       tf.data.Dataset.from_tensor_slices(videos), 3, stride=1, num_frames=7))))
   np.testing.assert_array_equal(from_tf, overlapping)
-  first = ip.extract_clips(videos, 3, selection="first")
+  first = clips_lib.extract_clips(videos, 3, selection="first")
   np.testing.assert_array_equal(first, videos[:, 0:3])
   with pytest.raises(ValueError, match="clip_length"):
-    ip.extract_clips(videos, 8)
+    clips_lib.extract_clips(videos, 8)
   with pytest.raises(ValueError, match="dataset.clip_selection"):
-    ip.extract_clips(videos, 3, selection="random")
+    clips_lib.extract_clips(videos, 3, selection="random")
 
 
 # --- BAIR as the SVG reference reads it: camera and clips ----------------------------
@@ -211,7 +216,7 @@ def test_clip_selection_is_the_same_on_every_path(selection, expected, tmp_path)
   numpy_source = ip.get_data_source(_config(
       name="numpy_videos", path=os.fspath(tmp_path / "v.npy"), clip_length=12,
       clip_selection=selection, test_fraction=0.34))
-  idx = ip.holdout_indices(3, 0.34)
+  idx = splits.holdout_indices(3, 0.34)
   for split in ("train", "test"):
     per_video = len(expected) // 3
     want = [c for i, c in enumerate(expected) if i // per_video in idx[split]]
@@ -219,16 +224,16 @@ def test_clip_selection_is_the_same_on_every_path(selection, expected, tmp_path)
 
 
 def test_celeba_crop_then_resize_is_centred():
-  pre = ip._Preprocess(center_crop=(4, 4), image_size=None)
+  pre = preprocessing.Preprocess(center_crop=(4, 4), image_size=None)
   image = np.zeros((1, 8, 6, 3), np.uint8)
   image[:, 2:6, 1:5] = 200
   out = pre.np_apply(image)
   assert out.shape == (1, 4, 4, 3) and (out == 200).all()
-  resized = ip._Preprocess(center_crop=(4, 4), image_size=(2, 2)).np_apply(image)
+  resized = preprocessing.Preprocess(center_crop=(4, 4), image_size=(2, 2)).np_apply(image)
   assert resized.shape == (1, 2, 2, 3) and resized.dtype == np.uint8
   assert (resized == 200).all()
   with pytest.raises(ValueError, match="dataset.center_crop"):
-    ip._Preprocess(center_crop=(10, 10)).output_shape((8, 6, 3))
+    preprocessing.Preprocess(center_crop=(10, 10)).output_shape((8, 6, 3))
 
 
 # --- Pixel values against independent references -----------------------------------
@@ -262,7 +267,7 @@ def _pil_resize(images, size):
 @pytest.mark.parametrize("size", [(6, 5), (4, 4), (9, 7), (24, 20), (17, 13)])
 def test_resize_pixels_match_a_triangle_filter_reference_and_pil(size):
   images = _random_images(2, (12, 10, 3), seed=3)
-  got = ip._Preprocess(image_size=size).np_apply(images)
+  got = preprocessing.Preprocess(image_size=size).np_apply(images)
   assert got.dtype == np.uint8 and got.shape == (2,) + size + (3,)
   # Rounded to the nearest level: within half a level of the exact value (+ float32).
   np.testing.assert_array_less(np.abs(got - _reference_resize(images, size)), 0.5 + 1e-3)
@@ -271,10 +276,10 @@ def test_resize_pixels_match_a_triangle_filter_reference_and_pil(size):
 
 def test_centre_crop_then_resize_pixels():
   images = _random_images(3, (11, 8, 3), seed=4)
-  got = ip._Preprocess(center_crop=(6, 6), image_size=(4, 4)).np_apply(images)
+  got = preprocessing.Preprocess(center_crop=(6, 6), image_size=(4, 4)).np_apply(images)
   crop = images[:, 2:8, 1:7]  # top = (11 - 6) // 2, left = (8 - 6) // 2
   np.testing.assert_array_less(np.abs(got - _reference_resize(crop, (4, 4))), 0.5 + 1e-3)
-  np.testing.assert_array_equal(ip._Preprocess(center_crop=(6, 6)).np_apply(images), crop)
+  np.testing.assert_array_equal(preprocessing.Preprocess(center_crop=(6, 6)).np_apply(images), crop)
 
 
 def test_numpy_source_resizes_the_pixels_it_loads(tmp_path):
@@ -282,7 +287,7 @@ def test_numpy_source_resizes_the_pixels_it_loads(tmp_path):
   np.save(tmp_path / "x.npy", images)
   source = ip.get_data_source(_config(name="numpy", path=os.fspath(tmp_path / "x.npy"),
                                       image_size=(4, 6)))
-  idx = ip.holdout_indices(20, 0.1)
+  idx = splits.holdout_indices(20, 0.1)
   for split in ("train", "test"):
     expected = _reference_resize(images[idx[split]], (4, 6))
     np.testing.assert_array_less(np.abs(source.load_split(split) - expected), 0.5 + 1e-3)
@@ -340,7 +345,7 @@ def test_numpy_npy_without_channel_axis(tmp_path):
   assert source.image_shape == (8, 12, 1)
   assert source.num_examples == {"train": 45, "test": 5}
   train, test = source.load_split("train"), source.load_split("test")
-  idx = ip.holdout_indices(50, 0.1)
+  idx = splits.holdout_indices(50, 0.1)
   np.testing.assert_array_equal(train, images[idx["train"], ..., None])
   np.testing.assert_array_equal(test, images[idx["test"], ..., None])
   assert sorted(_keys(train) + _keys(test)) == sorted(_keys(images[..., None]))
@@ -356,7 +361,7 @@ def test_numpy_npz_keys_and_resize(tmp_path):
     assert source.image_shape == (8, 8, 3)
     assert source.num_examples == {"train": 15, "test": 5}
     np.testing.assert_array_equal(
-        source.load_split("test"), images[ip.holdout_indices(20, 0.25)["test"]])
+        source.load_split("test"), images[splits.holdout_indices(20, 0.25)["test"]])
   resized = ip.get_data_source(_config(name="numpy", path=os.fspath(tmp_path / "a.npz"),
                                        image_size=(4, 4)))
   assert resized.image_shape == (4, 4, 3)
@@ -381,7 +386,7 @@ def test_folder_source_gray_and_rgb(tmp_path):
   source = ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path / "gray"),
                                       test_fraction=0.5))
   assert source.image_shape == (8, 4, 1)
-  idx = ip.holdout_indices(6, 0.5)
+  idx = splits.holdout_indices(6, 0.5)
   np.testing.assert_array_equal(source.load_split("train"), gray[idx["train"], ..., None])
   source = ip.get_data_source(_config(name="folder", path=os.fspath(tmp_path / "rgb")))
   assert source.image_shape == (8, 4, 3)
@@ -557,7 +562,7 @@ def test_unknown_dataset_name_lists_known_ones():
   with pytest.raises(ValueError) as e:
     ip.get_data_source(_config(name="imagenet"))
   assert "dataset.name" in str(e.value)
-  for name in ip.DATASETS:
+  for name in dataset_fields.DATASETS:
     assert name in str(e.value)
 
 
@@ -590,18 +595,18 @@ def test_bad_sizes_and_fractions(tmp_path):
 
 
 def test_check_images():
-  ip.check_images(np.zeros((2, 4, 4, 3), np.uint8), expected_shape=(4, 4, 3))
+  preprocessing.check_images(np.zeros((2, 4, 4, 3), np.uint8), expected_shape=(4, 4, 3))
   with pytest.raises(ValueError, match="uint8"):
-    ip.check_images(np.zeros((2, 4, 4, 3), np.float32))
+    preprocessing.check_images(np.zeros((2, 4, 4, 3), np.float32))
   with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
-    ip.check_images(np.zeros((4, 4, 3), np.uint8))
+    preprocessing.check_images(np.zeros((4, 4, 3), np.uint8))
   with pytest.raises(ValueError, match=r"\[N, 4, 4, 1\]"):
-    ip.check_images(np.zeros((2, 4, 4, 3), np.uint8), expected_shape=(4, 4, 1))
+    preprocessing.check_images(np.zeros((2, 4, 4, 3), np.uint8), expected_shape=(4, 4, 1))
 
 
 def test_to_float():
   images = np.array([[[[0], [128]], [[255], [1]]]], np.uint8)
-  out = jax.jit(ip.to_float)(images)
+  out = jax.jit(preprocessing.to_float)(images)
   assert out.dtype == jnp.float32 and out.shape == images.shape
   np.testing.assert_allclose(out, images / 255.0, rtol=1e-6)
 
@@ -616,10 +621,10 @@ def test_plain_dict_config_and_prepare_cli(tmp_path, capsys):
   assert source.num_examples == {"train": 9, "test": 1}
   with pytest.raises(ValueError, match="read-only"):
     source.load_split("train")[0] = 0
-  ip.main(["numpy", "--path", os.fspath(tmp_path / "x.npy")])
+  data_cli.main(["numpy", "--path", os.fspath(tmp_path / "x.npy")])
   assert capsys.readouterr().out == source.description() + "\n"
   with pytest.raises(SystemExit) as e:
-    ip.main(["numpy", "--path", os.fspath(tmp_path / "missing.npy")])
+    data_cli.main(["numpy", "--path", os.fspath(tmp_path / "missing.npy")])
   assert e.value.code == 1
   err = capsys.readouterr().err
   assert err.startswith("ERROR: numpy: `dataset.path`=") and err.count("\n") == 1

@@ -81,7 +81,7 @@ else:
 
 _NEEDS_EXTRA = {
     "sigma_vae_jax.main": ["--config=configs/default.py", "--workdir={tmp}/run"],
-    "sigma_vae_jax.data.input_pipeline": ["synthetic_shapes", "--data_dir={tmp}/data"],
+    "sigma_vae_jax.data": ["synthetic_shapes", "--data_dir={tmp}/data"],
     "scripts/evaluate_video.py": ["--workdir={tmp}", "--output_dir={tmp}/out"],
     "scripts/benchmark.py": ["--steps=1"],
 }

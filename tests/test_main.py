@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sigma_vae_jax import configuration
-from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data import dataset_fields
 import cli_utils
 
 
@@ -143,15 +143,15 @@ def _config(**overrides):
 def test_each_invalid_config_names_its_field(overrides, field):
   with pytest.raises(configuration.ConfigError, match=f"^{field}: "):
     configuration.validate_config(_config(**overrides), num_devices=1,
-                                  dataset_names=input_pipeline.DATASETS)
+                                  dataset_names=dataset_fields.DATASETS)
 
 
 def test_global_batch_must_divide_over_devices():
   with pytest.raises(configuration.ConfigError, match="^batch_size: .*divisible.*8"):
     configuration.validate_config(_config(batch_size=12), num_devices=8,
-                                  dataset_names=input_pipeline.DATASETS)
+                                  dataset_names=dataset_fields.DATASETS)
   configuration.validate_config(_config(batch_size=16), num_devices=8,
-                                dataset_names=input_pipeline.DATASETS)
+                                dataset_names=dataset_fields.DATASETS)
 
 
 def test_the_default_and_every_experiment_config_is_valid():
@@ -166,4 +166,4 @@ def test_the_default_and_every_experiment_config_is_valid():
     config = module.get_config()
     assert isinstance(config, ml_collections.ConfigDict)
     configuration.validate_config(config, num_devices=1,
-                                  dataset_names=input_pipeline.DATASETS)
+                                  dataset_names=dataset_fields.DATASETS)

@@ -17,7 +17,7 @@ import pytest
 import tiny_models
 from sigma_vae_jax import models
 from sigma_vae_jax import objectives
-from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data import preprocessing
 from sigma_vae_jax.evaluation import evaluate
 from sigma_vae_jax.training import trainer as trainer_lib
 
@@ -35,7 +35,7 @@ def _trainer(config, model_name):
 
 
 def _forward(trainer, state, data, rng):
-  x = input_pipeline.to_float(jnp.asarray(data))
+  x = preprocessing.to_float(jnp.asarray(data))
   return trainer.model.apply({"params": state.params["model"]}, x, rng)
 
 
@@ -131,7 +131,7 @@ def test_importance_weights_k1_and_their_mean_is_the_elbo(model_name):
 def evaluate_nelbo(trainer, state, data):
   """Per-example negative ELBO (closed-form KL), averaged over 64 decoder draws so
   the reconstruction term's own MC noise is small."""
-  x = input_pipeline.to_float(data)
+  x = preprocessing.to_float(data)
 
   def one(key):
     output = trainer.model.apply({"params": state.params["model"]}, x, key)
@@ -207,7 +207,7 @@ def test_the_reported_bound_is_the_elbo_and_iwae_is_tighter(model_name):
   state = trainer.init_state()
   params = _moved_params(state.params["model"])
   lik_params, lik_state = state.params["likelihood"], state.likelihood_state
-  x = input_pipeline.to_float(jnp.asarray(tiny_models.smooth_data(model_name, 4)))
+  x = preprocessing.to_float(jnp.asarray(tiny_models.smooth_data(model_name, 4)))
   num_draws, k = 256, 16
 
   @jax.jit

@@ -48,6 +48,7 @@ from sigma_vae_jax import default_config
 from sigma_vae_jax import losses
 from sigma_vae_jax import models
 from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data import preprocessing
 from sigma_vae_jax.evaluation import metrics
 from sigma_vae_jax.evaluation import video_metrics
 from sigma_vae_jax.training import checkpointing
@@ -563,7 +564,7 @@ def video_prediction_scores(trainer, state, clips: np.ndarray, rng: jax.Array,
                               context=context, temperature=temperature)
       if best is None:  # the frames the model generates, within the clip
         num_frames = min(frames.shape[1], clips.shape[1] - num_context)
-        target = input_pipeline.to_float(batch[:, num_context:num_context + num_frames])
+        target = preprocessing.to_float(batch[:, num_context:num_context + num_frames])
       best = video_metrics.update_best(best, target, frames[:, :num_frames], ssim_kind)
     best = jax.device_get(best)
     for key in keys:

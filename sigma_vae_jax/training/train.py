@@ -26,6 +26,7 @@ import numpy as np
 from sigma_vae_jax import configuration
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import models
+from sigma_vae_jax.data import dataset_fields
 from sigma_vae_jax.data import input_pipeline
 from sigma_vae_jax.training import checkpointing
 from sigma_vae_jax.training import progress
@@ -147,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   workdir = os.path.abspath(workdir)
   devices = jax.devices()
   configuration.validate_config(config, num_devices=len(devices),
-                                dataset_names=input_pipeline.DATASETS)
+                                dataset_names=dataset_fields.DATASETS)
   source = input_pipeline.get_data_source(config.dataset)
   print(source.description(), flush=True)
   models.validate(config.model, source.image_shape)

@@ -26,7 +26,7 @@ import optax
 
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import objectives
-from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data import preprocessing
 
 OPTIMIZERS = {"adam": optax.adam, "adamax": optax.adamax, "sgd": optax.sgd}
 
@@ -125,7 +125,7 @@ def loss_fn(params, likelihood_state, data: jax.Array, rng: jax.Array, *, model,
   Returns (loss, (metrics, LikelihoodOutput)); NLL and KL are *summed* over data
   and latent dimensions (nats per example).
   """
-  x = input_pipeline.to_float(data)
+  x = preprocessing.to_float(data)
   output = model.apply({"params": params["model"]}, x, rng, train=True)
   terms = objectives.negative_elbo(output, likelihood, params["likelihood"],
                                    likelihood_state, train=True)

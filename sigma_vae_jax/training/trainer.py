@@ -28,7 +28,8 @@ from sigma_vae_jax import likelihoods
 from sigma_vae_jax import losses
 from sigma_vae_jax import models
 from sigma_vae_jax import objectives
-from sigma_vae_jax.data import input_pipeline
+from sigma_vae_jax.data import data_source
+from sigma_vae_jax.data import preprocessing
 from sigma_vae_jax.training import reporting
 from sigma_vae_jax.training import train_step as steps
 
@@ -108,7 +109,7 @@ def fits_eval_sigma(config, likelihood: likelihoods.Likelihood) -> bool:
   return bool(config.ema_decay) or config.model.get("dropout_rate", 0.0) > 0
 
 
-def eval_sigma_train_batches(source: input_pipeline.DataSource, config) -> np.ndarray:
+def eval_sigma_train_batches(source: data_source.DataSource, config) -> np.ndarray:
   """The training data of the evaluation sigma's fit: process-local uint8 batches
   [N, batch_size / processes, ...], the first N = min(eval_sigma_train_batches, one
   epoch) batches of the training split shuffled with config.seed (the same ones at
@@ -225,7 +226,7 @@ class Trainer:
 
   def _eval_sums(self, state: steps.TrainState, data, mask, rng) -> dict:
     """Sums over the valid examples (mask) of per-example eval metrics (nats)."""
-    x = input_pipeline.to_float(data)
+    x = preprocessing.to_float(data)
     output = self._apply(state, None, x, rng)
     lik_params, lik_state = self._likelihood_args(state)
     terms = objectives.negative_elbo(output, self.likelihood, lik_params, lik_state,
@@ -259,7 +260,7 @@ class Trainer:
     if not self.num_context_frames:
       raise ValueError(f"per-frame ELBO: model {self.config.model.name!r} is an image "
                        f"model; it needs a video model (e.g. svg_lp)")
-    x = input_pipeline.to_float(data)
+    x = preprocessing.to_float(data)
     output = self._apply(state, None, x, rng)
     lik_params, lik_state = self._likelihood_args(state)
     target, out = output.target, output.decoder_outputs
@@ -288,7 +289,7 @@ class Trainer:
     [*target_shape]), the KL, (discrete) the discretized-Gaussian NLL at log_sigma,
     and the count of valid examples. What `evaluate.evaluate_calibrated` (test data,
     the z of `evaluate`: same rng) and `evaluation_state` (training data) need."""
-    x = input_pipeline.to_float(data)
+    x = preprocessing.to_float(data)
     output = self._apply(state, None, x, rng)
     decoded = self.likelihood.mean(output.decoder_outputs, *self._likelihood_args(state))
     target = output.target
@@ -345,12 +346,12 @@ class Trainer:
 
   def _encode(self, state, data):
     """Posterior (mean, log_var) of models with one Gaussian latent group."""
-    return self._apply(state, "encode", input_pipeline.to_float(data))
+    return self._apply(state, "encode", preprocessing.to_float(data))
 
   def _log_importance_weights(self, state, data, rng, num_samples: int):
     """log w (`objectives.log_importance_weight`) of num_samples draws per example:
     [K, B] nats, draw k with key fold_in(rng, k)."""
-    x = input_pipeline.to_float(data)
+    x = preprocessing.to_float(data)
     lik_params, lik_state = self._likelihood_args(state)
 
     def one_draw(key):
@@ -363,7 +364,7 @@ class Trainer:
   def _log_sigma_sums(self, state, data, mask):
     """Sum over valid examples of the per-example mean eval log sigma at the
     posterior means (None for likelihoods without a scale)."""
-    x = input_pipeline.to_float(data)
+    x = preprocessing.to_float(data)
     out = self._apply(state, "reconstruct", x)
     lik_params, lik_state = self._likelihood_args(state)
     target = self._target_of(state, x)
@@ -380,7 +381,7 @@ class Trainer:
 
   def _reconstruct(self, state, data):
     """Likelihood means of the reconstructions (posterior means), in [0, 1]."""
-    out = self._apply(state, "reconstruct", input_pipeline.to_float(data))
+    out = self._apply(state, "reconstruct", preprocessing.to_float(data))
     return self.likelihood.mean(out, *self._likelihood_args(state))
 
   def _sample(self, state, rng, num: int, context=None, temperature: float = 1.0):
@@ -390,7 +391,7 @@ class Trainer:
     lik_args = self._likelihood_args(state)
     kwargs = {}
     if context is not None:
-      context = input_pipeline.to_float(context)
+      context = preprocessing.to_float(context)
       kwargs["output_to_frame"] = lambda out: self.likelihood.mean(out, *lik_args)
     out = self._apply(state, "sample", rng, num, context, temperature, **kwargs)
     return self.likelihood.mean(out, *lik_args)
