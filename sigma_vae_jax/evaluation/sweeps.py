@@ -199,44 +199,51 @@ class EvalSettings:
   num_eval_examples: Optional[int] = None
   batch_size: int = 128
   seed: int = 0
-  # "latest" or "best" (the run's checkpoint with the best eval ELBO; evaluate.load_run).
+  # "latest" or "best" (the run's checkpoint with the best eval ELBO; loading.load_run).
   checkpoint: str = "latest"
 
 
 def evaluate_run(workdir: str, settings: EvalSettings) -> dict[str, float]:
   """Loads a finished run and evaluates it (cached in the workdir per settings)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from sigma_vae_jax.evaluation import effective_beta
+  from sigma_vae_jax.evaluation import elbo
+  from sigma_vae_jax.evaluation import fid
+  from sigma_vae_jax.evaluation import iwae
+  from sigma_vae_jax.evaluation import loading
+  from sigma_vae_jax.evaluation import rate
+  # pylint: enable=g-import-not-at-top
   fields = dataclasses.asdict(settings)
   if fields["checkpoint"] == "latest":
     del fields["checkpoint"]  # the key of evaluations cached before the field existed
   key = json.dumps(fields, sort_keys=True)
 
   def compute():
-    config, trainer, state = evaluate.load_run(workdir, checkpoint=settings.checkpoint)
-    images = evaluate.load_test_images(config, settings.num_eval_examples)
+    config, trainer, state = loading.load_run(workdir, checkpoint=settings.checkpoint)
+    images = loading.load_test_images(config, settings.num_eval_examples)
     rng = jax.random.PRNGKey(settings.seed)
     out: dict[str, float] = {"step": float(jax.device_get(state.step))}
     bs = settings.batch_size
     if settings.elbo:
-      elbo = evaluate.evaluate_elbo(trainer, state, images, bs)
-      out.update({k: v for k, v in elbo.items() if k != "num_examples"})
+      result = elbo.evaluate_elbo(trainer, state, images, bs)
+      out.update({k: v for k, v in result.items() if k != "num_examples"})
       if trainer.likelihood.is_discrete:
         out["nelbo_discrete"], out["bpd_discrete"] = out["nelbo"], out["bpd"]
       if settings.calibrated:
-        out.update(evaluate.evaluate_calibrated(trainer, state, images, bs) or {})
-    beta = evaluate.effective_beta(trainer, state, images, bs)
+        out.update(elbo.evaluate_calibrated(trainer, state, images, bs) or {})
+    beta = effective_beta.effective_beta(trainer, state, images, bs)
     if beta is not None:
       out.update(beta)
     if settings.rate:
-      out.update(evaluate.rate_decomposition(
+      out.update(rate.rate_decomposition(
           trainer, state, images, jax.random.fold_in(rng, 1), bs))
     if settings.iwae_samples > 0:
-      nll = evaluate.iwae_nll(trainer, state, images, settings.iwae_samples, bs,
-                              jax.random.fold_in(rng, 2))
+      nll = iwae.iwae_nll(trainer, state, images, settings.iwae_samples, bs,
+                          jax.random.fold_in(rng, 2))
       out["iwae_nll"] = float(np.mean(nll))
     if settings.fid_kind != "none":
-      out["fid"] = evaluate.fid_score(
+      out["fid"] = fid.fid_score(
           trainer, state, images, settings.num_fid_samples, settings.fid_kind,
           jax.random.fold_in(rng, 3), settings.fid_weights_path, bs)
     return out
@@ -253,9 +260,9 @@ def run_sweep(base_config, variants: Sequence[Variant], workdir_root: str,
   Each row: variant, seed, workdir, the variant's columns, the evaluation results
   (settings=None: none), and extra(variant, workdir, config) if given.
   """
-  from sigma_vae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
   if settings is not None and settings.fid_kind != "none":
-    evaluate.fid_feature_fn(settings.fid_kind, settings.fid_weights_path)  # fail fast
+    fid.fid_feature_fn(settings.fid_kind, settings.fid_weights_path)  # fail fast
   rows = []
   total = len(variants) * len(seeds)
   start = time.time()
