@@ -150,7 +150,7 @@ def run(workdir: str, output_dir: Optional[str] = None,
   from sigma_vae_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax.evaluation import elbo as elbo_lib  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax.evaluation import loading  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax.evaluation import video  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
 
@@ -238,8 +238,8 @@ def run(workdir: str, output_dir: Optional[str] = None,
   clean = json.loads(json.dumps(result), parse_constant=lambda _: None)  # inf/NaN -> null
   with open(os.path.join(output_dir, f"{NAME}.json"), "w") as f:
     json.dump(clean, f, indent=1)
-  sweeps.write_csv(os.path.join(output_dir, f"{NAME}.csv"), rows,
-                   ["frame"] + elbo_keys + score_keys)
+  sweep_tables.write_csv(os.path.join(output_dir, f"{NAME}.csv"), rows,
+                         ["frame"] + elbo_keys + score_keys)
   _plot(rows, result, os.path.join(output_dir, f"{NAME}.png"))
   fid_text = "" if fid is None else f", FID ({fid_kind}) {fid:.2f}"
   calib_text = ("" if calibrated is None else
@@ -256,10 +256,10 @@ def run(workdir: str, output_dir: Optional[str] = None,
 
 
 def _plot(rows, result, path):
-  from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
   scored = [r for r in rows if "psnr" in r]
   frames = [r["frame"] for r in scored]
-  fig, axes = sweeps.new_figure(2)
+  fig, axes = sweep_tables.new_figure(2)
   for ax, key, label in zip(axes, ("psnr", "ssim"), ("PSNR (dB)", "SSIM")):
     ax.plot(frames, [r[key] for r in scored], "o-",
             label=f"best of {result['num_samples']} by mean SSIM (reference)")
@@ -273,7 +273,7 @@ def _plot(rows, result, path):
   fig.suptitle(f"{result['model']} ({result['decoder']}) on {result['dataset']}, step "
                f"{result['step']}, {result['num_videos']} videos, SSIM "
                f"{result['ssim_kind']}", fontsize=9)
-  sweeps.save_figure(fig, path)
+  sweep_tables.save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
