@@ -6,8 +6,10 @@ Both take a `trainer.Trainer` and a `train_step.TrainState` (e.g. from
 `loading.load_run`) and uint8 test data [N, ...] (images or clips), and run the
 trainer's jitted passes batch by batch (`batches`). Nats per example (summed over
 data dimensions), with the likelihood's *evaluation* form (`Likelihood.eval_nll`: KL
-weight 1, the sigma the state holds for the optimal sigma decoders, the `beta`
-decoder as the Gaussian with sigma^2 = beta).
+weight 1, the sigma the state holds for the optimal sigma decoders, which `load_run`
+fits to the evaluation network on training data where `config.eval_sigma` says so;
+the `beta` decoder as the Gaussian with sigma^2 = beta) and the EMA parameters when
+enabled.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ def evaluate_calibrated(trainer, state, images: np.ndarray, batch_size: int = 12
   first = sums(0.0, False)
   mse = max(first["sq_err"] / num_dims, float(np.finfo(np.float32).tiny))
   log_sigma = 0.5 * math.log(mse)
+  # The closed form of `losses.calibrated_gaussian_nelbo` (same bound), from the
+  # streamed float64 sums: that function needs the whole test set's data and decoder
+  # means in memory and sums the NLL elementwise in float32 (on a small model the two
+  # differ by ~1e-7 relative, so they are not interchangeable bit for bit).
   nelbo = 0.5 * num_dims * (1.0 + math.log(2 * math.pi * mse)) + first["kl"]
   second = sums(log_sigma, True)
   nelbo_discrete = second["rec_discrete"] + second["kl"]
