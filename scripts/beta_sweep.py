@@ -22,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import sweep_cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
 
 DEFAULT_BETAS = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -50,18 +52,18 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
     columns.append("iwae_nll")
   if fid_kind != "none":
     columns.append("fid")
-  notes = [sweeps.data_note(config), sweeps.BETA_NOTE,
+  notes = [sweep_tables.data_note(config), sweep_tables.BETA_NOTE,
            "nelbo: test negative ELBO (nats per image; its -log p bound) with the "
            "decoder's sigma (beta-VAE: sigma^2 = beta; optimal sigma: running average); "
            "nelbo_discrete: the same model as a discretized Gaussian over the 256 "
            "levels of the 8-bit data (Table 4).",
-           sweeps.CALIBRATED_NOTE,
+           sweep_tables.CALIBRATED_NOTE,
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)} "
            f"(mean ± std over seeds when more than one).",
-           sweeps.FID_NOTE[fid_kind]]
+           sweep_tables.FID_NOTE[fid_kind]]
   if iwae_samples > 0:
     notes.append(f"iwae_nll: importance-weighted bound on -log p with K={iwae_samples}.")
-  sweeps.write_outputs(
+  sweep_tables.write_outputs(
       output_dir, "beta_sweep", "Table 1: beta-VAE vs sigma-VAE", rows,
       ["variant", "seed"] + columns + ["workdir"], columns, notes,
       lambda table, png: _plot(table, png, fid_kind, config.dataset.name))
@@ -70,29 +72,29 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
 
 def _plot(table, path, fid_kind, dataset_name):
   panels = ["nelbo"] + (["fid"] if fid_kind != "none" else [])
-  fig, axes = sweeps.new_figure(len(panels))
+  fig, axes = sweep_tables.new_figure(len(panels))
   for ax, key in zip(axes, panels):
-    sweeps.plot_against_beta(
+    sweep_tables.plot_against_beta(
         ax, table, key, {"nelbo": "-ELBO (nats / image)", "fid": f"FID ({fid_kind})"}[key],
         sigma_levels=True)
     if key == "nelbo":
       ax.set_yscale("symlog")
   fig.suptitle(f"beta-VAE vs sigma-VAE ({dataset_name})", fontsize=9)
-  sweeps.save_figure(fig, path)
+  sweep_tables.save_figure(fig, path)
 
 
 def _define(fv):
-  sweeps.define_beta_grid_flags(fv, DEFAULT_BETAS)
+  sweep_cli.define_beta_grid_flags(fv, DEFAULT_BETAS)
   flags.DEFINE_list("sigma_decoders", ["optimal_sigma"], "sigma-VAE decoders to "
                     "compare (e.g. optimal_sigma,shared_sigma).", flag_values=fv)
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define, description=__doc__)
-  return run(**sweeps.common_kwargs(fv), betas=sweeps.betas_from_flags(fv),
+  fv = sweep_cli.parse_flags(argv, _define, description=__doc__)
+  return run(**sweep_cli.common_kwargs(fv), betas=sweep_cli.betas_from_flags(fv),
              sigma_decoders=list(fv.sigma_decoders))
 
 
 if __name__ == "__main__":
   cli.set_tensorflow_env_defaults()
-  sweeps.run_main(main)
+  sweep_cli.run_main(main)

@@ -23,6 +23,8 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax import likelihoods  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import sweep_cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
 
 DEFAULT_DECODERS = tuple(name for name in likelihoods.LIKELIHOODS if name != "beta")
@@ -61,7 +63,7 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
     columns.append("iwae_nll")
   if fid_kind != "none":
     columns.append("fid")
-  notes = [sweeps.data_note(config),
+  notes = [sweep_tables.data_note(config),
            "nelbo / bpd: test negative ELBO of each decoder's own likelihood (nats per "
            "image / bits per dim). Continuous densities on [0,1] (Gaussian, Student-t) "
            "and discrete probabilities are not comparable; compare bpd_discrete: the "
@@ -69,13 +71,14 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
            "decoders and the same decoder discretized over the 256 levels for the "
            "Gaussian and Student-t decoders (Table 4). '-' where not defined "
            "(Bernoulli is not a distribution over the 8-bit values).",
-           sweeps.CALIBRATED_NOTE,
+           sweep_tables.CALIBRATED_NOTE,
            "log_sigma: mean log of the decoder's scale at evaluation (the logistic's "
            "scale s for discretized_logistic, whose std is s pi / sqrt(3)).",
-           "beta decoder: evaluated as the Gaussian with sigma^2 = beta. " + sweeps.BETA_NOTE,
+           "beta decoder: evaluated as the Gaussian with sigma^2 = beta. "
+           + sweep_tables.BETA_NOTE,
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)}.",
-           sweeps.FID_NOTE[fid_kind]]
-  sweeps.write_outputs(
+           sweep_tables.FID_NOTE[fid_kind]]
+  sweep_tables.write_outputs(
       output_dir, "compare_decoders", "Tables 2-4: decoders compared", rows,
       ["variant", "seed", "discrete_likelihood"] + columns + ["workdir"], columns, notes,
       lambda table, png: _plot(table, png, fid_kind, config.dataset.name))
@@ -84,10 +87,10 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
 
 def _plot(table, path, fid_kind, dataset_name):
   panels = ["bpd_discrete"] + (["fid"] if fid_kind != "none" else [])
-  fig, axes = sweeps.new_figure(len(panels), width=6)
+  fig, axes = sweep_tables.new_figure(len(panels), width=6)
   names = [r["decoder"] for r in table]
   for ax, key in zip(axes, panels):
-    values = [sweeps.value(r.get(key)) for r in table]
+    values = [sweep_tables.value(r.get(key)) for r in table]
     heights = [v if v is not None else 0.0 for v in values]
     ax.bar(range(len(names)), heights,
            color=["C0" if v is not None else "lightgray" for v in values])
@@ -96,7 +99,7 @@ def _plot(table, path, fid_kind, dataset_name):
     ax.set_ylabel({"bpd_discrete": "bits/dim on 8-bit data (lower is better)",
                    "fid": f"FID ({fid_kind})"}[key], fontsize=8)
   fig.suptitle(f"Decoders on {dataset_name}", fontsize=9)
-  sweeps.save_figure(fig, path)
+  sweep_tables.save_figure(fig, path)
 
 
 def _define(fv):
@@ -107,10 +110,10 @@ def _define(fv):
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define, description=__doc__)
-  return run(**sweeps.common_kwargs(fv), decoder_names=list(fv.decoders), beta=fv.beta)
+  fv = sweep_cli.parse_flags(argv, _define, description=__doc__)
+  return run(**sweep_cli.common_kwargs(fv), decoder_names=list(fv.decoders), beta=fv.beta)
 
 
 if __name__ == "__main__":
   cli.set_tensorflow_env_defaults()
-  sweeps.run_main(main)
+  sweep_cli.run_main(main)

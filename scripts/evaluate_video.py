@@ -3,7 +3,7 @@ r"""Video prediction evaluation of a trained video model (SVG-LP), as the SVG re
   python scripts/evaluate_video.py --workdir=runs/bair_svg --output_dir=results/bair_svg_eval
 
 Loads WORKDIR (config.json and the latest or `--checkpoint=best` checkpoint,
-`evaluate.load_run`) and, by default, the SVG reference's protocol
+`loading.load_run`) and, by default, the SVG reference's protocol
 (`generate_svg_lp.py`): the first --num_videos=256 test videos whole (BAIR: 30 frames),
 the model's n_past (2) context frames, the n_future = 28 frames after them predicted,
 --num_samples=100 samples per video, batches of 100 different videos. It reports:
@@ -13,16 +13,16 @@ the model's n_past (2) context frames, the n_future = 28 frames after them predi
   ("psnr", "ssim"), and separately the per-frame maximum over the samples
   ("psnr_max", "ssim_max": each frame's best sample, a higher number); SSIM as the
   reference computes it (skimage's defaults, --ssim_kind=reference) or with the 11x11
-  Gaussian window (--ssim_kind=gaussian) (`evaluate.video_prediction_scores`);
+  Gaussian window (--ssim_kind=gaussian) (`video.video_prediction_scores`);
 * the FID between predicted frames (one continuation per video) and the true frames at
   the same positions, with the Inception weights when present (--fid_kind=auto; else
-  random features, relative comparisons only) (`evaluate.video_fid`);
+  random features, relative comparisons only) (`video.video_fid`);
 * the negative ELBO over the training horizon: the test clips as the model trained on
   them (dataset.clip_length frames, dataset.clip_selection: for BAIR the first 12 frames
   of each test video), per clip, per target frame (the frames the training loss scores:
-  SVG-LP's frames 1..11) and per dimension (`evaluate.evaluate_elbo_per_frame`);
+  SVG-LP's frames 1..11) and per dimension (`video.evaluate_elbo_per_frame`);
 * for Gaussian decoders (`gaussian`, `beta`, the sigma decoders), the calibrated bound:
-  the same model at its maximum-likelihood shared sigma (`evaluate.evaluate_calibrated`),
+  the same model at its maximum-likelihood shared sigma (`elbo.evaluate_calibrated`),
   the number of a fixed-sigma model (e.g. `beta`) that compares with calibrated ones.
 
 Writes OUTPUT_DIR/video_eval.json (everything), video_eval.csv (one row per frame:
@@ -100,15 +100,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def _resolve_fid_kind(fid_kind: str, weights_path: Optional[str]) -> str:
   """'auto' -> 'inception' when its weights load, else 'random'; others unchanged
   (a missing Inception file for 'inception' raises FileNotFoundError first)."""
-  from sigma_vae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
   if fid_kind == "auto":
     try:
-      evaluate.fid_feature_fn("inception", weights_path)
+      fid.fid_feature_fn("inception", weights_path)
       return "inception"
     except FileNotFoundError:
       return "random"
   if fid_kind != "none":
-    evaluate.fid_feature_fn(fid_kind, weights_path)  # missing weights: fail first
+    fid.fid_feature_fn(fid_kind, weights_path)  # missing weights: fail first
   return fid_kind
 
 
@@ -151,8 +151,10 @@ def run(workdir: str, output_dir: Optional[str] = None,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax import losses  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
-  from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import elbo as elbo_lib  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import loading  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import video  # pylint: disable=g-import-not-at-top
   from sigma_vae_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
@@ -161,11 +163,11 @@ def run(workdir: str, output_dir: Optional[str] = None,
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} does not exist: {workdir} is not a training "
                             f"workdir")
-  config = evaluate.config_from_json(config_path)
+  config = loading.config_from_json(config_path)
   fid_kind = _resolve_fid_kind(fid_kind, fid_weights_path)
   source = input_pipeline.get_data_source(config.dataset)
-  _, trainer, state = evaluate.load_run(workdir, image_shape=source.image_shape,
-                                        checkpoint=checkpoint)
+  _, trainer, state = loading.load_run(workdir, image_shape=source.image_shape,
+                                       checkpoint=checkpoint)
   if not trainer.num_context_frames:
     raise ValueError(f"{workdir} trained the image model {config.model.name!r}; this script "
                      f"evaluates video models (e.g. svg_lp)")
@@ -179,14 +181,14 @@ def run(workdir: str, output_dir: Optional[str] = None,
         f"of {clips.shape[1]} frames: per-frame ELBO, best-of-{num_samples} PSNR/SSIM"
         f"{fid_what}.", flush=True)
   rng = jax.random.PRNGKey(seed)
-  elbo = evaluate.evaluate_elbo_per_frame(trainer, state, clips, batch_size)
-  calibrated = evaluate.evaluate_calibrated(trainer, state, clips, batch_size)
-  scores = evaluate.video_prediction_scores(trainer, state, videos, jax.random.fold_in(rng, 0),
-                                            num_samples, batch_size, temperature, ssim_kind)
+  elbo = video.evaluate_elbo_per_frame(trainer, state, clips, batch_size)
+  calibrated = elbo_lib.evaluate_calibrated(trainer, state, clips, batch_size)
+  scores = video.video_prediction_scores(trainer, state, videos, jax.random.fold_in(rng, 0),
+                                         num_samples, batch_size, temperature, ssim_kind)
   fid = None
   if fid_kind != "none":
-    fid = evaluate.video_fid(trainer, state, videos, fid_kind, jax.random.fold_in(rng, 1),
-                             fid_weights_path, batch_size, temperature)
+    fid = video.video_fid(trainer, state, videos, fid_kind, jax.random.fold_in(rng, 1),
+                          fid_weights_path, batch_size, temperature)
 
   elbo_keys = [k for k in ("nelbo", "rec", "kl", "nelbo_discrete") if k in elbo]
   score_keys = ["psnr", "ssim", "psnr_max", "ssim_max"]
@@ -239,8 +241,8 @@ def run(workdir: str, output_dir: Optional[str] = None,
   clean = json.loads(json.dumps(result), parse_constant=lambda _: None)  # inf/NaN -> null
   with open(os.path.join(output_dir, f"{NAME}.json"), "w") as f:
     json.dump(clean, f, indent=1)
-  sweeps.write_csv(os.path.join(output_dir, f"{NAME}.csv"), rows,
-                   ["frame"] + elbo_keys + score_keys)
+  sweep_tables.write_csv(os.path.join(output_dir, f"{NAME}.csv"), rows,
+                         ["frame"] + elbo_keys + score_keys)
   _plot(rows, result, os.path.join(output_dir, f"{NAME}.png"))
   fid_text = "" if fid is None else f", FID ({fid_kind}) {fid:.2f}"
   calib_text = ("" if calibrated is None else
@@ -257,10 +259,10 @@ def run(workdir: str, output_dir: Optional[str] = None,
 
 
 def _plot(rows, result, path):
-  from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
+  from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
   scored = [r for r in rows if "psnr" in r]
   frames = [r["frame"] for r in scored]
-  fig, axes = sweeps.new_figure(2)
+  fig, axes = sweep_tables.new_figure(2)
   for ax, key, label in zip(axes, ("psnr", "ssim"), ("PSNR (dB)", "SSIM")):
     ax.plot(frames, [r[key] for r in scored], "o-",
             label=f"best of {result['num_samples']} by mean SSIM (reference)")
@@ -274,7 +276,7 @@ def _plot(rows, result, path):
   fig.suptitle(f"{result['model']} ({result['decoder']}) on {result['dataset']}, step "
                f"{result['step']}, {result['num_videos']} videos, SSIM "
                f"{result['ssim_kind']}", fontsize=9)
-  sweeps.save_figure(fig, path)
+  sweep_tables.save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -22,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import sweep_cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
 
 DEFAULT_BETAS = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -46,15 +48,15 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
              "nelbo_calibrated"]
   if fid_kind != "none":
     columns.append("fid")
-  notes = [sweeps.data_note(config), sweeps.BETA_NOTE,
+  notes = [sweep_tables.data_note(config), sweep_tables.BETA_NOTE,
            "mutual_information I_e(x;z) and marginal_kl KL(m(z)||p(z)) in nats, Monte "
            "Carlo over the test images (one z per image); average_kl is the closed-form "
            "E_x KL(q(z|x)||p(z)) = their sum up to Monte Carlo error (Eq. 9). The MI "
            "estimate is at most log_n = log(number of test images).",
-           sweeps.CALIBRATED_NOTE,
+           sweep_tables.CALIBRATED_NOTE,
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)}.",
-           sweeps.FID_NOTE[fid_kind]]
-  sweeps.write_outputs(
+           sweep_tables.FID_NOTE[fid_kind]]
+  sweep_tables.write_outputs(
       output_dir, "rate_analysis", "Figure 3: rate decomposition, beta-VAE vs sigma-VAE",
       rows, ["variant", "seed"] + columns + ["workdir"], columns, notes,
       lambda table, png: _plot(table, png, config.dataset.name))
@@ -62,26 +64,26 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
 
 
 def _plot(table, path, dataset_name):
-  fig, axes = sweeps.new_figure(2)
+  fig, axes = sweep_tables.new_figure(2)
   for ax, key, label in zip(axes, ("mutual_information", "marginal_kl"),
                             ("I_e(x; z) (nats)", "KL(m(z) || p(z)) (nats)")):
-    sweeps.plot_against_beta(ax, table, key, label)
+    sweep_tables.plot_against_beta(ax, table, key, label)
   fig.suptitle(f"Rate decomposition ({dataset_name})", fontsize=9)
-  sweeps.save_figure(fig, path)
+  sweep_tables.save_figure(fig, path)
 
 
 def _define(fv):
-  sweeps.define_beta_grid_flags(fv, DEFAULT_BETAS)
+  sweep_cli.define_beta_grid_flags(fv, DEFAULT_BETAS)
   flags.DEFINE_list("sigma_decoders", ["optimal_sigma"], "sigma-VAE decoders.",
                     flag_values=fv)
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define, default_fid_kind="none", description=__doc__)
-  return run(**sweeps.common_kwargs(fv), betas=sweeps.betas_from_flags(fv),
+  fv = sweep_cli.parse_flags(argv, _define, default_fid_kind="none", description=__doc__)
+  return run(**sweep_cli.common_kwargs(fv), betas=sweep_cli.betas_from_flags(fv),
              sigma_decoders=list(fv.sigma_decoders))
 
 
 if __name__ == "__main__":
   cli.set_tensorflow_env_defaults()
-  sweeps.run_main(main)
+  sweep_cli.run_main(main)

@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import sweep_cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
 
 
@@ -76,30 +78,30 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
   long_rows = [{"variant": r["variant"], "model": r["model"], "seed": r["seed"],
                 "step": step, "sigma": sigma, "log_sigma": math.log(sigma)}
                for r in rows for step, sigma in r["curve"]]
-  sweeps.write_csv(os.path.join(output_dir, "sigma_convergence.csv"), long_rows)
+  sweep_tables.write_csv(os.path.join(output_dir, "sigma_convergence.csv"), long_rows)
   summary = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
-  table = sweeps.aggregate(summary)
+  table = sweep_tables.aggregate(summary)
   png = os.path.join(output_dir, "sigma_convergence.png")
   _plot(rows, png, config.dataset.name)
   columns = ["model", "sigma_first", "sigma_10pct", "sigma_50pct", "sigma_final",
              "eval_sigma", "eval_nelbo"]
-  notes = [sweeps.data_note(config),
+  notes = [sweep_tables.data_note(config),
            "sigma of the training batches at the first log, after 10% and 50% of "
            "training and at the end (train logs: the learned parameter for shared "
            "sigma, the batch's closed-form sigma* for optimal sigma, sqrt(beta) for "
            "the beta-VAE); eval_sigma: the sigma used at evaluation (optimal sigma: "
            "running average); eval_nelbo: final test negative ELBO (nats).",
-           sweeps.BETA_NOTE,
+           sweep_tables.BETA_NOTE,
            f"{config.num_train_steps} training steps per run, logged every "
            f"{config.log_every_steps}; seeds {list(seeds)}."]
-  sweeps.write_markdown(os.path.join(output_dir, "sigma_convergence.md"),
-                        "Figure 9: convergence of sigma", table, columns, notes,
-                        images=[png])
+  sweep_tables.write_markdown(os.path.join(output_dir, "sigma_convergence.md"),
+                              "Figure 9: convergence of sigma", table, columns, notes,
+                              images=[png])
   return rows
 
 
 def _plot(rows, path, dataset_name):
-  fig, axes = sweeps.new_figure(1, width=6)
+  fig, axes = sweep_tables.new_figure(1, width=6)
   ax = axes[0]
   for i, r in enumerate(rows):
     if not r["curve"]:
@@ -113,7 +115,7 @@ def _plot(rows, path, dataset_name):
   ax.set_ylabel("sigma")
   ax.legend(fontsize=7)
   ax.set_title(f"sigma during training ({dataset_name})", fontsize=9)
-  sweeps.save_figure(fig, path)
+  sweep_tables.save_figure(fig, path)
 
 
 def _define(fv):
@@ -122,10 +124,10 @@ def _define(fv):
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define, default_fid_kind="none", description=__doc__)
-  return run(**sweeps.common_kwargs(fv), beta=fv.beta)
+  fv = sweep_cli.parse_flags(argv, _define, default_fid_kind="none", description=__doc__)
+  return run(**sweep_cli.common_kwargs(fv), beta=fv.beta)
 
 
 if __name__ == "__main__":
   cli.set_tensorflow_env_defaults()
-  sweeps.run_main(main)
+  sweep_cli.run_main(main)

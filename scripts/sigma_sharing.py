@@ -25,6 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import sweep_cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
@@ -84,17 +86,17 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
              "nelbo_calibrated", "nelbo_discrete", "log_sigma"]
   if fid_kind != "none":
     columns.append("fid")
-  notes = [sweeps.data_note(config),
+  notes = [sweep_tables.data_note(config),
            "num_variance_parameters: variance parameters per image (sigma_axes: the "
            "axes of [batch, H, W, C] the closed-form sigma*^2 averages over). per_image "
            "computes one sigma per image from that image; per_pixel predicts H*W*C "
            "sigmas with the network.",
            "mutual_information I_e(x;z), marginal_kl KL(m(z)||p(z)) in nats (Monte "
            "Carlo over the test images, Sec. 5.2); log_sigma: mean log sigma.",
-           sweeps.CALIBRATED_NOTE,
+           sweep_tables.CALIBRATED_NOTE,
            f"{config.num_train_steps} training steps per run, seeds {list(seeds)}.",
-           sweeps.FID_NOTE[fid_kind]]
-  sweeps.write_outputs(
+           sweep_tables.FID_NOTE[fid_kind]]
+  sweep_tables.write_outputs(
       output_dir, "sigma_sharing", "Figure 4: sharing the variance over fewer or more axes",
       rows, ["seed"] + columns + ["workdir"], columns, notes,
       lambda table, png: _plot(table, png, config.dataset.name))
@@ -102,11 +104,11 @@ def run(config, output_dir: str, workdir_root: str, seeds: Sequence[int] = (0,),
 
 
 def _plot(table, path, dataset_name):
-  fig, axes = sweeps.new_figure(2)
+  fig, axes = sweep_tables.new_figure(2)
   for ax, key, label in zip(axes, ("marginal_kl", "mutual_information"),
                             ("KL(m(z) || p(z)) (nats)", "I_e(x; z) (nats)")):
     for r in table:
-      x, y = sweeps.value(r["num_variance_parameters"]), sweeps.value(r[key])
+      x, y = sweep_tables.value(r["num_variance_parameters"]), sweep_tables.value(r[key])
       marker = {"optimal": "o", "optimal, per image": "s", "predicted": "^"}[r["sigma_kind"]]
       ax.plot([x], [y], marker, markersize=8, label=r["variant"])
     ax.set_xscale("log")
@@ -114,7 +116,7 @@ def _plot(table, path, dataset_name):
     ax.set_ylabel(label)
     ax.legend(fontsize=7)
   fig.suptitle(f"Sharing sigma ({dataset_name})", fontsize=9)
-  sweeps.save_figure(fig, path)
+  sweep_tables.save_figure(fig, path)
 
 
 def _define(fv):
@@ -123,10 +125,10 @@ def _define(fv):
 
 
 def main(argv):
-  fv = sweeps.parse_flags(argv, _define, description=__doc__)
-  return run(**sweeps.common_kwargs(fv), variant_names=list(fv.variants))
+  fv = sweep_cli.parse_flags(argv, _define, description=__doc__)
+  return run(**sweep_cli.common_kwargs(fv), variant_names=list(fv.variants))
 
 
 if __name__ == "__main__":
   cli.set_tensorflow_env_defaults()
-  sweeps.run_main(main)
+  sweep_cli.run_main(main)

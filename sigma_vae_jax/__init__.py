@@ -9,7 +9,8 @@ in this list):
 * `data`: datasets, preprocessing and batches (TFDS, arrays, folders, videos).
 * `training`: the step, its jit/sharding wiring, the loop, checkpoints, reporting.
 * `evaluation`: ELBO, IWAE, rate, FID, video scores, and the sweeps of the scripts.
-* `cli`, `config_help`, `main`: the command line.
+* `cli`, `config_help`, `main`, `sweep_cli`: the command line (`sweep_cli`: the
+  reproduction scripts').
 
 Importing the package is cheap and has no side effects: `sigma_vae_jax.losses` needs
 only JAX, and nothing changes the process's environment. The training system (`data`,

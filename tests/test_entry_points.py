@@ -111,9 +111,9 @@ def test_cli_corrupt_image_is_one_line_naming_the_file(tmp_path):
 
 
 def _script_parse(argv):
-  from sigma_vae_jax.evaluation import sweeps
-  return sweeps.parse_flags(["prog.py", "--output_dir=out", *argv], lambda fv: None,
-                            description="A test script.")
+  from sigma_vae_jax import sweep_cli
+  return sweep_cli.parse_flags(["prog.py", "--output_dir=out", *argv], lambda fv: None,
+                               description="A test script.")
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -146,14 +146,22 @@ def test_script_help_in_process(capsys):
   assert "--num_train_steps: " in out and "--config: " in out
 
 
+def test_script_default_config_is_the_repositorys_from_any_folder(tmp_path, monkeypatch):
+  # Without --config a script reads ROOT/configs/default.py, wherever it runs from.
+  from configs import default as default_config
+  monkeypatch.chdir(tmp_path)
+  fv = _script_parse([])
+  assert fv.config.to_dict() == default_config.get_config().to_dict()
+
+
 def test_run_main_turns_expected_errors_into_one_line(capsys):
-  from sigma_vae_jax.evaluation import sweeps
+  from sigma_vae_jax import sweep_cli
 
   def bad_value(argv):
     raise ValueError(f"unknown decoders ['nope'] in {argv[1:]}")
 
   with pytest.raises(SystemExit) as e:
-    sweeps.run_main(bad_value, ["prog.py", "--x"])
+    sweep_cli.run_main(bad_value, ["prog.py", "--x"])
   assert e.value.code == 1
   assert capsys.readouterr().err == "ERROR: unknown decoders ['nope'] in ['--x']\n"
 
@@ -161,4 +169,4 @@ def test_run_main_turns_expected_errors_into_one_line(capsys):
     raise KeyError("a bug keeps its traceback")
 
   with pytest.raises(KeyError):
-    sweeps.run_main(bug, ["prog.py"])
+    sweep_cli.run_main(bug, ["prog.py"])

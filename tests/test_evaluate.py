@@ -15,7 +15,9 @@ from configs import default as default_config
 from sigma_vae_jax import losses
 from sigma_vae_jax.data import preprocessing
 from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.evaluation import loading
 from sigma_vae_jax.evaluation import metrics
+from sigma_vae_jax.evaluation import rate
 from sigma_vae_jax.training import train
 from sigma_vae_jax.training import trainer as trainer_lib
 
@@ -74,7 +76,7 @@ def test_a_run_saved_before_a_config_field_existed_loads_with_its_default(tmp_pa
   path = os.path.join(str(tmp_path), "config.json")
   with open(path, "w") as f:
     json.dump(config, f)
-  loaded = evaluate.config_from_json(path)
+  loaded = loading.config_from_json(path)
   assert loaded.model.latent_dim == 3
   assert loaded.model.dtype == "float32" and loaded.optimizer == "adam"
 
@@ -90,7 +92,7 @@ def test_a_config_of_the_version_before_the_model_contract_loads(tmp_path, flags
   path = os.path.join(str(tmp_path), "config.json")
   with open(path, "w") as f:
     json.dump(config, f)
-  loaded = evaluate.config_from_json(path)
+  loaded = loading.config_from_json(path)
   assert loaded.model.name == "conv_vae" and loaded.model.conv_impl == conv_impl
   assert "fast_encoder" not in loaded.model
 
@@ -172,7 +174,7 @@ def test_rate_decomposition_of_an_ignored_latent_is_zero():
   n, d = 300, 3
   mean, log_var = jnp.zeros((n, d)), jnp.zeros((n, d))
   z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(jax.random.PRNGKey(0), mean.shape)
-  r = evaluate._rate(z, mean, log_var)
+  r = rate._rate(z, mean, log_var)
   np.testing.assert_allclose(float(r["mutual_information"]), 0.0, atol=1e-5)
   np.testing.assert_allclose(float(r["marginal_kl"]), 0.0, atol=1e-5)
 

@@ -62,7 +62,7 @@ else:
 print("NEVER_IMPORTED_TF", flush=True)
 """
 
-# The scripts on `sweeps.run_main` share one structure: two of them stand for all.
+# The scripts on `sweep_cli.run_main` share one structure: two of them stand for all.
 ENTRY_POINTS = [
     ["sigma_vae_jax.main", "--config=configs/default.py", "--workdir={tmp}/run"],
     ["sigma_vae_jax.data", "synthetic_shapes", "--data_dir={tmp}/data"],

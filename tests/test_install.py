@@ -87,7 +87,7 @@ _NEEDS_EXTRA = {
 }
 for _path in glob.glob(os.path.join(ROOT, "scripts", "*.py")):
   with open(_path) as _f:
-    if "sweeps.parse_flags(" in _f.read():
+    if "sweep_cli.parse_flags(" in _f.read():
       _NEEDS_EXTRA[os.path.relpath(_path, ROOT)] = ["--output_dir={tmp}/out"]
 
 

@@ -27,6 +27,7 @@ from scipy import special, stats
 
 from configs import default as default_config
 from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.evaluation import fid
 from sigma_vae_jax.training import train_step
 from sigma_vae_jax.training import trainer as trainer_lib
 
@@ -533,7 +534,7 @@ def test_fid_of_a_model_whose_samples_are_all_one_image():
   trainer = _trainer("gaussian")
   state = _edit_params(trainer.init_state(), _decoder_ignores_z)
   test_images = _images(40, seed=40)
-  feature_fn = evaluate.fid_feature_fn("random")
+  feature_fn = fid.fid_feature_fn("random")
   sample = _sigmoid(_decode(trainer, state, np.zeros((1, 2)))).astype(np.float32)
   f_sample = np.asarray(feature_fn(np.repeat(sample, 8, axis=0)), np.float64)[0]
   f_test = np.asarray(feature_fn(test_images.astype(np.float32) / 255.0), np.float64)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from sigma_vae_jax.evaluation import evaluate
+from sigma_vae_jax.evaluation import loading
 from sigma_vae_jax.training import checkpointing
 from sigma_vae_jax.training import train
 from sigma_vae_jax.training import trainer as trainer_lib
@@ -192,7 +192,7 @@ def test_a_workdir_written_before_the_model_contract_resumes_where_it_left_off(t
   saved["decoder"]["log_sigma_min"] = None
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(saved, f)
-  config = evaluate.config_from_json(os.path.join(workdir, "config.json"))
+  config = loading.config_from_json(os.path.join(workdir, "config.json"))
   config.num_train_steps = 8
   train.train_and_evaluate(config, workdir)
   with open(os.path.join(LEGACY_WORKDIR, "expected_steps_5_to_8.json")) as f:

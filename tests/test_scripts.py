@@ -99,16 +99,16 @@ def test_beta_sweep_from_the_command_line(dirs, tmp_path):
 
 
 def test_beta_grid_in_the_papers_units():
-  from sigma_vae_jax.evaluation import sweeps
+  from sigma_vae_jax import sweep_cli
   beta_sweep = _load_script("beta_sweep")
-  parse = lambda *args: sweeps.parse_flags(["beta_sweep.py", "--output_dir=x", *args],
-                                           beta_sweep._define)
-  assert sweeps.betas_from_flags(parse("--betas_paper=0.001,0.01,0.1,1,10")) == [
+  parse = lambda *args: sweep_cli.parse_flags(["beta_sweep.py", "--output_dir=x", *args],
+                                              beta_sweep._define)
+  assert sweep_cli.betas_from_flags(parse("--betas_paper=0.001,0.01,0.1,1,10")) == [
       0.0005, 0.005, 0.05, 0.5, 5.0]
-  assert sweeps.betas_from_flags(parse("--betas=0.1,1")) == [0.1, 1.0]
-  assert sweeps.betas_from_flags(parse()) == list(beta_sweep.DEFAULT_BETAS)
+  assert sweep_cli.betas_from_flags(parse("--betas=0.1,1")) == [0.1, 1.0]
+  assert sweep_cli.betas_from_flags(parse()) == list(beta_sweep.DEFAULT_BETAS)
   with pytest.raises(Exception, match="not both"):
-    sweeps.betas_from_flags(parse("--betas=0.1", "--betas_paper=0.2"))
+    sweep_cli.betas_from_flags(parse("--betas=0.1", "--betas_paper=0.2"))
 
 
 @pytest.mark.parametrize("name", ["beta_sweep", "compare_decoders", "rate_analysis",
@@ -225,12 +225,12 @@ def test_run_workdir_is_a_function_of_what_is_trained(tmp_path):
 
 
 def test_aggregate_over_seeds():
-  from sigma_vae_jax.evaluation import sweeps
+  from sigma_vae_jax.evaluation import sweep_tables
   rows = [{"variant": "x", "seed": 0, "nelbo": 1.0, "model": "m"},
           {"variant": "x", "seed": 1, "nelbo": 3.0, "model": "m"},
           {"variant": "y", "seed": 0, "nelbo": 5.0, "model": "n"}]
-  table = sweeps.aggregate(rows)
+  table = sweep_tables.aggregate(rows)
   assert table[0]["nelbo"] == (2.0, 1.0) and table[0]["num_seeds"] == 2
   assert table[1]["nelbo"] == (5.0, None)
-  text = sweeps.markdown_table(table, ["model", "nelbo"])
+  text = sweep_tables.markdown_table(table, ["model", "nelbo"])
   assert "| m | 2 ± 1 |" in text and "| n | 5 |" in text

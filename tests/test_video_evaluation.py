@@ -1,4 +1,4 @@
-"""Video prediction evaluation (evaluate.evaluate_elbo_per_frame, video_prediction_scores,
+"""Video prediction evaluation (video.evaluate_elbo_per_frame, video_prediction_scores,
 video_fid, scripts/evaluate_video.py) and exact resume of SVG-LP, with the tiny svg_lp
 of tests/tiny_models.py at two VGG stages (16x16 frames: SSIM's 11x11 window fits)
 trained a few steps on generated `numpy_videos`.
@@ -24,6 +24,7 @@ import cli_utils
 import tiny_models
 from sigma_vae_jax.evaluation import evaluate
 from sigma_vae_jax.evaluation import metrics
+from sigma_vae_jax.evaluation import video
 from sigma_vae_jax.evaluation import video_metrics
 from sigma_vae_jax.training import checkpointing
 from sigma_vae_jax.training import train
@@ -112,7 +113,7 @@ def test_resume_from_half_way_ends_bit_identical(run, tmp_path):
 def test_per_frame_elbo_sums_to_the_clip_elbo(run):
   _, _, trainer, state, clips = run
   # Batches of 5 for 12 clips: the last one padded and masked, as in evaluate_elbo.
-  per_frame = evaluate.evaluate_elbo_per_frame(trainer, state, clips, batch_size=5)
+  per_frame = video.evaluate_elbo_per_frame(trainer, state, clips, batch_size=5)
   clip = evaluate.evaluate_elbo(trainer, state, clips, batch_size=5)
   np.testing.assert_array_equal(per_frame["frame"], np.arange(1, T))  # SVG-LP's target
   for key in ("nelbo", "rec", "kl", "nelbo_discrete"):
@@ -165,7 +166,7 @@ def test_padding_never_reaches_batch_statistics(run):
   got = evaluate.evaluate_elbo(trainer, state, clips, batch_size=4)
   assert got["num_examples"] == 10
   np.testing.assert_allclose(got["nelbo"], expected["nelbo"], rtol=1e-6)
-  per_frame = evaluate.evaluate_elbo_per_frame(trainer, state, clips, batch_size=4)
+  per_frame = video.evaluate_elbo_per_frame(trainer, state, clips, batch_size=4)
   np.testing.assert_allclose(per_frame["nelbo_clip"], expected["nelbo"], rtol=1e-6)
   calibrated = evaluate.evaluate_calibrated(trainer, state, clips, batch_size=4)
   d = trainer.num_target_dims
@@ -187,9 +188,9 @@ def test_image_models_are_refused():
   trainer = trainer_lib.Trainer(config, (8, 8, 3), trainer_lib.make_mesh())
   images = np.zeros((4, 8, 8, 3), np.uint8)
   with pytest.raises(ValueError, match="image model"):
-    evaluate.evaluate_elbo_per_frame(trainer, None, images)
+    video.evaluate_elbo_per_frame(trainer, None, images)
   with pytest.raises(ValueError, match="image model"):
-    evaluate.video_prediction_scores(trainer, None, images, jax.random.PRNGKey(0))
+    video.video_prediction_scores(trainer, None, images, jax.random.PRNGKey(0))
 
 
 def _draws(trainer, state, clips, rng, num_samples):
@@ -215,8 +216,8 @@ def test_best_of_n_both_readings_from_the_draws(run):
   _, _, trainer, state, all_clips = run
   clips = all_clips[:8]
   rng = jax.random.PRNGKey(3)
-  scores = {n: evaluate.video_prediction_scores(trainer, state, clips, rng, num_samples=n,
-                                                batch_size=8)
+  scores = {n: video.video_prediction_scores(trainer, state, clips, rng, num_samples=n,
+                                             batch_size=8)
             for n in (1, 2, 4)}
   draws = _draws(trainer, state, clips, rng, 4)
   truth = clips[:, N_PAST:].astype(np.float64) / 255
@@ -275,24 +276,24 @@ def test_scores_and_fid_of_perfect_and_offset_predictors(run, monkeypatch):
   rng = jax.random.PRNGKey(0)
   # 12 clips in batches of 5: the last batch is filled with clips from the start.
   monkeypatch.setattr(trainer, "sample", _Oracle(clips, 0.0, T - N_PAST + 1))
-  perfect = evaluate.video_prediction_scores(trainer, state, clips, rng, 2, batch_size=5)
+  perfect = video.video_prediction_scores(trainer, state, clips, rng, 2, batch_size=5)
   assert perfect["psnr_per_clip"].shape == (12, T - N_PAST)
   # (+inf up to float32 rounding of the two uint8 -> [0, 1] conversions.)
   assert np.all(perfect["psnr_per_clip"] > 100)
   np.testing.assert_allclose(perfect["ssim_per_clip"], 1.0, atol=1e-5)
-  assert abs(evaluate.video_fid(trainer, state, clips, "random", rng, batch_size=5)) < 1e-3
+  assert abs(video.video_fid(trainer, state, clips, "random", rng, batch_size=5)) < 1e-3
   monkeypatch.setattr(trainer, "sample", _Oracle(clips, 0.1, T - N_PAST))
-  offset = evaluate.video_prediction_scores(trainer, state, clips, rng, 1, batch_size=5)
+  offset = video.video_prediction_scores(trainer, state, clips, rng, 1, batch_size=5)
   np.testing.assert_allclose(offset["psnr_per_clip"], 20.0, rtol=1e-4)
   assert np.all(offset["ssim_per_clip"] < 1.0)
-  assert evaluate.video_fid(trainer, state, clips, "random", rng, batch_size=5) > 1e-2
+  assert video.video_fid(trainer, state, clips, "random", rng, batch_size=5) > 1e-2
 
 
 def test_fid_of_the_model_with_random_features(run):
   _, _, trainer, state, all_clips = run
   clips = all_clips[:8]  # one batch of 8, as the best-of-N test (one compiled sampler)
   rng = jax.random.PRNGKey(1)
-  fid = evaluate.video_fid(trainer, state, clips, "random", rng, batch_size=8)
+  fid = video.video_fid(trainer, state, clips, "random", rng, batch_size=8)
   assert math.isfinite(fid) and fid > 0
   # The same number from the predicted frames gathered by hand and metrics.fid.
   frames = np.asarray(trainer.sample(state, jax.random.fold_in(rng, 0), num=8,
