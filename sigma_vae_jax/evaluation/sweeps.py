@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from sigma_vae_jax import cli
+from sigma_vae_jax import process_setup
 from sigma_vae_jax.training import progress
 
 # Imported on first use (JAX, and TensorFlow through train/evaluate, take seconds):
@@ -504,7 +505,7 @@ def parse_flags(argv: Sequence[str], define_extra: Callable[[flags.FlagValues], 
   define_flags(fv, argv, default_steps=default_steps, default_fid_kind=default_fid_kind)
   define_extra(fv)
   cli.parse_flags(fv, argv, description=description)
-  cli.quiet_third_party_logs()
+  process_setup.quiet_third_party_logs()
   return fv
 
 
