@@ -73,6 +73,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import process_setup  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 cli.define_config_file(
@@ -349,7 +350,6 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # JAX's INFO lines (e.g. "Unable to initialize backend 'tpu'") are not results.
     logging.set_verbosity(logging.WARNING)
-  cli.quiet_third_party_logs()
   config = FLAGS.config
   image_shape = resolve_image_shape(config, FLAGS.image_shape)
   result = run(config, image_shape)
@@ -357,5 +357,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.set_tensorflow_env_defaults()
+  process_setup.set_tensorflow_env_defaults()
   app.run(main, flags_parser=cli.absl_flags_parser)

@@ -312,6 +312,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.set_tensorflow_env_defaults()
+  from sigma_vae_jax import process_setup  # pylint: disable=g-import-not-at-top
+  process_setup.set_tensorflow_env_defaults()
   sys.exit(main())

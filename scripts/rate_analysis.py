@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from sigma_vae_jax import cli  # pylint: disable=g-import-not-at-top
+from sigma_vae_jax import process_setup  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax import sweep_cli  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax.evaluation import sweep_tables  # pylint: disable=g-import-not-at-top
 from sigma_vae_jax.evaluation import sweeps  # pylint: disable=g-import-not-at-top
@@ -85,5 +85,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.set_tensorflow_env_defaults()
+  process_setup.set_tensorflow_env_defaults()
   sweep_cli.run_main(main)

@@ -9,14 +9,14 @@ in this list):
 * `data`: datasets, preprocessing and batches (TFDS, arrays, folders, videos).
 * `training`: the step, its jit/sharding wiring, the loop, checkpoints, reporting.
 * `evaluation`: ELBO, IWAE, rate, FID, video scores, and the sweeps of the scripts.
-* `cli`, `config_help`, `main`, `sweep_cli`: the command line (`sweep_cli`: the
-  reproduction scripts').
+* `cli`, `config_cli`, `config_help`, `process_setup`, `main`, `sweep_cli`: the
+  command line (`sweep_cli`: the flags and error handling of the reproduction scripts).
 
 Importing the package is cheap and has no side effects: `sigma_vae_jax.losses` needs
 only JAX, and nothing changes the process's environment. The training system (`data`,
 `training`, `evaluation`) pulls in TensorFlow lazily, only when those modules are
 imported; the command-line entry points set TensorFlow's logging defaults themselves
-(`cli.set_tensorflow_env_defaults`).
+(`process_setup.set_tensorflow_env_defaults`).
 """
 
 import importlib

@@ -141,7 +141,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimizer steps per compiled call (lax.scan); >1 removes per-step dispatch.
   config.steps_per_call = 1
   # On CPU, compile with the XLA options measured faster for this model
-  # (train.compiler_options); no effect on GPU/TPU or on the computed values.
+  # (xla_options.compiler_options); no effect on GPU/TPU or on the computed values.
   config.tune_xla_cpu = True
   # On a non-finite loss or gradient: False stops the run with a message; True skips
   # the update and counts it in the metrics.

@@ -13,6 +13,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from sigma_vae_jax import cli
+from sigma_vae_jax import process_setup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images "
@@ -46,7 +47,6 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Orbax and TFDS log every file they touch at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
-  cli.quiet_third_party_logs()
   distributed = cli.distributed_options(
       FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
       FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
@@ -80,5 +80,5 @@ def _describe(options: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.set_tensorflow_env_defaults()  # before anything imports TensorFlow
+  process_setup.set_tensorflow_env_defaults()  # before anything imports TensorFlow
   app.run(main, flags_parser=cli.absl_flags_parser)

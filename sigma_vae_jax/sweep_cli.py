@@ -76,7 +76,6 @@ def parse_flags(argv: Sequence[str], define_extra: Callable[[flags.FlagValues], 
   define_flags(fv, argv, default_steps=default_steps, default_fid_kind=default_fid_kind)
   define_extra(fv)
   cli.parse_flags(fv, argv, description=description)
-  cli.quiet_third_party_logs()
   return fv
 
 

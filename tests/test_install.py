@@ -101,7 +101,10 @@ def test_an_entry_point_without_the_extra_names_it_in_one_line(entry_point, miss
                          *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-3000:])
   lines = done.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("ERROR: "), done.stderr[-3000:]
+  program = (os.path.basename(entry_point) if entry_point.endswith(".py")
+             else f"python -m {entry_point}")
+  assert len(lines) == 1 and lines[0].startswith(f"ERROR: {program} needs the training extra"), (
+      done.stderr[-3000:])
   assert f"(missing: {dist})" in lines[0] and 'pip install "sigma_vae_jax[train]"' in lines[0]
   assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "out")
 

@@ -26,7 +26,8 @@ LAYERS = [
     ("data", ["data"]),
     ("training", ["training"]),
     ("evaluation", ["evaluation"]),
-    ("command line", ["cli", "config_help", "main", "sweep_cli"]),
+    ("command line", ["cli", "config_cli", "config_help", "main", "process_setup",
+                      "sweep_cli"]),
 ]
 
 

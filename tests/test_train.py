@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax.training import train_step
 from sigma_vae_jax.training import trainer as trainer_lib
+from sigma_vae_jax.training import xla_options
 from configs import default as default_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -157,9 +158,9 @@ def test_bfloat16_compute_trains_to_the_same_loss_within_seed_noise():
 
 
 def test_tuned_cpu_compiler_options_apply_only_on_cpu_and_yield_to_xla_flags(monkeypatch):
-  options = trainer_lib.compiler_options.__wrapped__
+  options = xla_options.compiler_options.__wrapped__
   monkeypatch.delenv("XLA_FLAGS", raising=False)
-  assert options("cpu") == trainer_lib.TUNED_CPU_OPTIONS  # known to this jaxlib
+  assert options("cpu") == xla_options.TUNED_CPU_OPTIONS  # known to this jaxlib
   assert options("cpu", tuned=False) is None
   assert options("gpu") is None and options("tpu") is None
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")

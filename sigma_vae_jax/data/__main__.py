@@ -7,7 +7,7 @@ failed download) ends with one ERROR line, exit 1.
 
 The command-line layer of the data package: `--help` and usage errors are answered
 before TensorFlow is imported (it takes seconds), and TensorFlow's logging defaults are
-set before it is (`cli.set_tensorflow_env_defaults`). The library below raises errors;
+set before it is (`process_setup.set_tensorflow_env_defaults`). The library below raises errors;
 this module turns the expected ones into one line (`cli.fail`).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from sigma_vae_jax import cli
+from sigma_vae_jax import process_setup
 from sigma_vae_jax.data.dataset_fields import DATASETS
 
 PROGRAM = "python -m sigma_vae_jax.data"
@@ -61,6 +62,6 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
   # --help and usage errors before the imports of `main` (TensorFlow takes seconds).
   _argument_parser().parse_args()
-  cli.set_tensorflow_env_defaults()  # before anything imports TensorFlow
+  process_setup.set_tensorflow_env_defaults()  # before anything imports TensorFlow
   cli.require_train_extra()
   main()

@@ -29,6 +29,7 @@ from sigma_vae_jax import models
 from sigma_vae_jax.data import dataset_fields
 from sigma_vae_jax.data import input_pipeline
 from sigma_vae_jax.training import checkpointing
+from sigma_vae_jax.training import data_parallel
 from sigma_vae_jax.training import progress
 from sigma_vae_jax.training import reporting
 from sigma_vae_jax.training import train_step
@@ -161,7 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   legacy = has_checkpoints and checkpointing.is_legacy_workdir(workdir)
   checkpointing.check_workdir_config(workdir, config.to_dict(),
                                      has_checkpoints=has_checkpoints)
-  trainer = trainer_lib.Trainer(config, source.image_shape, trainer_lib.make_mesh(devices))
+  trainer = trainer_lib.Trainer(config, source.image_shape,
+                                data_parallel.make_mesh(devices))
   state = trainer.init_state()
   restored, restored_step = train_step.restore_latest(checkpointer, state, legacy=legacy)
   if restored is not None:

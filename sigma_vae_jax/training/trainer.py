@@ -1,12 +1,12 @@
 """The jit and sharding wiring: `Trainer` compiles the step math of `train_step`
-and the evaluation passes for one config and one device mesh.
+and the evaluation passes of `eval_passes` for one config and one device mesh
+(`data_parallel`), and runs the host loops of evaluation and image writing over them.
 
-Data parallelism: a 1-D `jax.sharding.Mesh` over all devices with axis "data".
-The train state is replicated, every batch is sharded on its leading axis, and
-XLA inserts the cross-device reductions, so `jnp.mean` over the batch (the optimal
-sigma) is over the *global* batch. Multi-host runs call
-`jax.distributed.initialize()` first (main.py, --multihost); each process then
-feeds only its own shard of each batch.
+Data parallelism (`data_parallel`): the train state is replicated, every batch is
+sharded on its leading axis, and XLA inserts the cross-device reductions, so
+`jnp.mean` over the batch (the optimal sigma) is over the *global* batch. Multi-host
+runs call `jax.distributed.initialize()` first (main.py, --multihost); each process
+then feeds only its own shard of each batch.
 
 Every jitted function is built once per Trainer (its cache lives and dies with it).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Iterator, Optional
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -27,52 +27,20 @@ from sigma_vae_jax import configuration
 from sigma_vae_jax import likelihoods
 from sigma_vae_jax import losses
 from sigma_vae_jax import models
-from sigma_vae_jax import objectives
 from sigma_vae_jax.data import data_source
-from sigma_vae_jax.data import preprocessing
+from sigma_vae_jax.training import data_parallel
+from sigma_vae_jax.training import eval_passes
 from sigma_vae_jax.training import reporting
 from sigma_vae_jax.training import train_step as steps
+from sigma_vae_jax.training import xla_options
+# The README builds a Trainer with `trainer.make_mesh()`.
+from sigma_vae_jax.training.data_parallel import make_mesh  # pylint: disable=unused-import
 
-DATA_AXIS = "data"
 # Fold-in constants that separate the random streams derived from one seed.
 DATA_ORDER_STREAM = 1
 EVAL_STREAM = 2
 IMAGE_STREAM = 3
 EVAL_SIGMA_STREAM = 4
-
-# XLA:CPU (jaxlib 0.10) hands convolutions to its YNNPACK library by default. For
-# the conv VAE its own (Eigen) convolutions make a train step ~1.25x faster
-# (scripts/benchmark.py; README "Performance"), with YNNPACK kept for elementwise
-# and reduction fusions. Only compilation changes, never the computed function.
-TUNED_CPU_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type":
-        "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE",
-}
-
-
-@functools.lru_cache(maxsize=None)
-def compiler_options(platform: str, tuned: bool = True) -> Optional[dict]:
-  """XLA options for jitting this package's steps on `platform` (None: XLA's own).
-
-  On CPU with `tuned`, `TUNED_CPU_OPTIONS`, unless XLA_FLAGS already sets them
-  (the user's choice wins) or this XLA does not know them (its defaults then).
-  """
-  if platform != "cpu" or not tuned:
-    return None
-  user_flags = os.environ.get("XLA_FLAGS", "")
-  if any(name in user_flags for name in TUNED_CPU_OPTIONS):
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=TUNED_CPU_OPTIONS).lower(
-        jnp.zeros(2)).compile()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  return dict(TUNED_CPU_OPTIONS)
-
-
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D data-parallel mesh over `devices` (default: all)."""
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def padded_batches(data: np.ndarray, batch_size: int
@@ -137,7 +105,7 @@ class Trainer:
     self.target_shape = self._target_shape()
     configuration.validate_sigma_axes(config.decoder, self.target_shape)
     self.replicated = NamedSharding(mesh, P())
-    self.batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+    self.batch_sharding = NamedSharding(mesh, P(data_parallel.DATA_AXIS))
     self.data_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), DATA_ORDER_STREAM)
     step = functools.partial(
         steps.train_step, model=self.model, likelihood=self.likelihood, tx=self.tx,
@@ -166,30 +134,33 @@ class Trainer:
       state, metrics = jax.lax.scan(step, state, batches)
       return state, jax.tree.map(lambda m: m.mean(0), metrics)
 
-    self.compiler_options = compiler_options(mesh.devices.flat[0].platform,
-                                             config.tune_xla_cpu)
+    self.compiler_options = xla_options.compiler_options(mesh.devices.flat[0].platform,
+                                                         config.tune_xla_cpu)
     jit = functools.partial(jax.jit, compiler_options=self.compiler_options)
     rep, bat = self.replicated, self.batch_sharding
     # The state is donated: its buffers are reused for the next state.
     self.train_on_device = jit(steps_on_device, in_shardings=(rep, rep),
                                out_shardings=(rep, rep), donate_argnums=0)
     self.train_on_batches = jit(
-        steps_on_batches, in_shardings=(rep, NamedSharding(mesh, P(None, DATA_AXIS))),
+        steps_on_batches,
+        in_shardings=(rep, NamedSharding(mesh, P(None, data_parallel.DATA_AXIS))),
         out_shardings=(rep, rep), donate_argnums=0)
-    self.eval_sums = jit(self._eval_sums, in_shardings=(rep, bat, bat, rep),
-                         out_shardings=rep)
     # Evaluation passes (forward only), compiled on first use.
-    self.encode = jax.jit(self._encode)
-    self.log_importance_weights = jax.jit(self._log_importance_weights,
+    self.eval_passes = passes = eval_passes.EvalPasses(
+        self.model, self.likelihood, self.target_shape, config.model.name)
+    self.eval_sums = jit(passes.eval_sums, in_shardings=(rep, bat, bat, rep),
+                         out_shardings=rep)
+    self.encode = jax.jit(passes.encode)
+    self.log_importance_weights = jax.jit(passes.log_importance_weights,
                                           static_argnames="num_samples")
-    self.log_sigma_sums = jax.jit(self._log_sigma_sums)
-    self.reconstruct = jax.jit(self._reconstruct)
-    self.sample = jax.jit(self._sample, static_argnames=("num", "temperature"))
-    self.calibration_sums = jax.jit(self._calibration_sums, static_argnames="discrete")
+    self.log_sigma_sums = jax.jit(passes.log_sigma_sums)
+    self.reconstruct = jax.jit(passes.reconstruct)
+    self.sample = jax.jit(passes.sample, static_argnames=("num", "temperature"))
+    self.calibration_sums = jax.jit(passes.calibration_sums, static_argnames="discrete")
     self.fits_eval_sigma = fits_eval_sigma(config, self.likelihood)
-    self._fitted_likelihood_state = jax.jit(self._likelihood_state_at_mse)
+    self._fitted_likelihood_state = jax.jit(passes.likelihood_state_at_mse)
     # Video models only (evaluate.evaluate_elbo_per_frame); sharded as eval_sums.
-    self.frame_nelbo_sums = jit(self._frame_nelbo_sums, in_shardings=(rep, bat, bat, rep),
+    self.frame_nelbo_sums = jit(passes.frame_nelbo_sums, in_shardings=(rep, bat, bat, rep),
                                 out_shardings=rep)
 
   def _target_shape(self) -> tuple[int, ...]:
@@ -214,108 +185,6 @@ class Trainer:
       # equal values, which the state's NaN placeholders (`nonfinite`) never are.
       return jax.tree.map(lambda x: self.put_replicated(np.asarray(x)), state)
     return jax.device_put(state, self.replicated)
-
-  # ---- the forward passes of evaluation (jitted in __init__) -------------------
-
-  def _apply(self, state, method=None, *args, **kwargs):
-    variables = {"params": state.eval_params()["model"]}
-    return self.model.apply(variables, *args, method=method, **kwargs)
-
-  def _likelihood_args(self, state):
-    return state.eval_params()["likelihood"], state.likelihood_state
-
-  def _eval_sums(self, state: steps.TrainState, data, mask, rng) -> dict:
-    """Sums over the valid examples (mask) of per-example eval metrics (nats)."""
-    x = preprocessing.to_float(data)
-    output = self._apply(state, None, x, rng)
-    lik_params, lik_state = self._likelihood_args(state)
-    terms = objectives.negative_elbo(output, self.likelihood, lik_params, lik_state,
-                                     train=False)
-    sums = {"nelbo": terms.nelbo, "rec": terms.rec, "kl": terms.kl}
-    if len(terms.kl_per_group) > 1:
-      sums.update({f"kl_{name}": kl for name, kl in terms.kl_per_group.items()})
-    discrete = self.likelihood.discrete_nll(output.target, output.decoder_outputs,
-                                            lik_params, lik_state)
-    if discrete is not None:
-      sums["nelbo_discrete"] = losses.sum_over_data_dims(discrete) + terms.kl
-    lik = terms.likelihood_output
-    if lik.log_sigma is not None:
-      sums["log_sigma"] = objectives.mean_log_sigma(lik.log_sigma, output.target)
-    mask = mask.astype(jnp.float32)
-    sums = {k: jnp.sum(v * mask) for k, v in sums.items()}
-    sums["count"] = mask.sum()
-    return sums
-
-  def _frame_nelbo_sums(self, state: steps.TrainState, data, mask, rng) -> dict:
-    """A video model's eval terms per predicted frame, summed over the valid clips.
-
-    The forward pass of `_eval_sums` (same rng, same likelihood form), split by the
-    target's frame axis instead of summed over it. Returns, each [T_pred] in nats
-    (T_pred = the target's frames, e.g. T - 1 for SVG-LP): rec (the likelihood's
-    elementwise eval NLL summed over each frame's pixels and channels), kl (that step's
-    KL(q || p) summed over the latent dimensions of every group), nelbo_discrete (the
-    discretized Gaussian NLL of the 8-bit frames + kl, likelihoods that have one), and
-    count (valid clips). Sums over frames of rec + kl are `_eval_sums`' nelbo.
-    """
-    if not self.num_context_frames:
-      raise ValueError(f"per-frame ELBO: model {self.config.model.name!r} is an image "
-                       f"model; it needs a video model (e.g. svg_lp)")
-    x = preprocessing.to_float(data)
-    output = self._apply(state, None, x, rng)
-    lik_params, lik_state = self._likelihood_args(state)
-    target, out = output.target, output.decoder_outputs
-    per_frame = functools.partial(losses.sum_over_data_dims, num_batch_dims=2)  # -> [B, T]
-    num_frames = target.shape[1]
-    for name, group in output.latents.items():
-      if group.kl.ndim < 2 or group.kl.shape[1] != num_frames:
-        raise ValueError(f"per-frame ELBO: latent group {name!r} has KL of shape "
-                         f"{group.kl.shape}, not [B, {num_frames} (frames), ...]")
-    kl = objectives.sum_groups({name: per_frame(group.kl)
-                                for name, group in output.latents.items()})
-    lik = self.likelihood.eval_nll(target, out, lik_params, lik_state)
-    sums = {"rec": per_frame(lik.nll), "kl": kl}
-    discrete = self.likelihood.discrete_nll(target, out, lik_params, lik_state)
-    if discrete is not None:
-      sums["nelbo_discrete"] = per_frame(discrete) + kl
-    m = mask.astype(jnp.float32)
-    sums = {k: jnp.sum(v * m[:, None], axis=0) for k, v in sums.items()}
-    sums["count"] = m.sum()
-    return sums
-
-  def _calibration_sums(self, state, data, mask, rng, log_sigma, discrete: bool):
-    """The calibration pass: one forward pass of the evaluation network (eval
-    parameters, no dropout; latents drawn with `rng`) and masked sums over the batch
-    of the squared error of the likelihood's mean per target position ("sq_err",
-    [*target_shape]), the KL, (discrete) the discretized-Gaussian NLL at log_sigma,
-    and the count of valid examples. What `evaluate.evaluate_calibrated` (test data,
-    the z of `evaluate`: same rng) and `evaluation_state` (training data) need."""
-    x = preprocessing.to_float(data)
-    output = self._apply(state, None, x, rng)
-    decoded = self.likelihood.mean(output.decoder_outputs, *self._likelihood_args(state))
-    target = output.target
-    m = mask.astype(jnp.float32)
-    kl = objectives.sum_groups(objectives.kl_per_group(output))
-    sums = {"kl": jnp.sum(kl * m), "count": jnp.sum(m)}
-    sq_err = (target - decoded) ** 2
-    sums["sq_err"] = jnp.sum(sq_err * m.reshape((-1,) + (1,) * (sq_err.ndim - 1)), axis=0)
-    if discrete:
-      rec = losses.sum_over_data_dims(
-          losses.discretized_gaussian_nll(target, decoded, log_sigma))
-      sums["rec_discrete"] = jnp.sum(rec * m)
-    return sums
-
-  def _likelihood_state_at_mse(self, sq_err, count):
-    """The likelihood state whose evaluation sigma*^2 is the mean squared error
-    sq_err / count ([*target_shape] sums of `_calibration_sums` over `count`
-    examples) averaged over decoder.sigma_axes, as the likelihood's own batch
-    sigma*^2 averages (all positions when None): the running average of a fresh
-    state after one update with it."""
-    mse = (sq_err / count)[None]  # [1, *target_shape]
-    axes = getattr(self.likelihood, "axes", None)
-    variance = mse.mean() if axes is None else mse.mean(axis=axes, keepdims=True)
-    fresh = self.likelihood.init_state(self.target_shape)
-    return self.likelihood.update_state(
-        fresh, likelihoods.LikelihoodOutput(nll=mse, batch_variance=variance))
 
   def evaluation_state(self, state: steps.TrainState, train_batches) -> steps.TrainState:
     """The state that evaluation scores: `state` itself, or (`fits_eval_sigma`) a
@@ -343,58 +212,6 @@ class Trainer:
       raise ValueError("evaluation_state: no training batches to fit sigma on")
     return state.replace(likelihood_state=self._fitted_likelihood_state(
         totals["sq_err"], totals["count"]))
-
-  def _encode(self, state, data):
-    """Posterior (mean, log_var) of models with one Gaussian latent group."""
-    return self._apply(state, "encode", preprocessing.to_float(data))
-
-  def _log_importance_weights(self, state, data, rng, num_samples: int):
-    """log w (`objectives.log_importance_weight`) of num_samples draws per example:
-    [K, B] nats, draw k with key fold_in(rng, k)."""
-    x = preprocessing.to_float(data)
-    lik_params, lik_state = self._likelihood_args(state)
-
-    def one_draw(key):
-      output = self._apply(state, None, x, key)
-      return objectives.log_importance_weight(output, self.likelihood, lik_params,
-                                              lik_state)
-    keys = jax.vmap(lambda k: jax.random.fold_in(rng, k))(jnp.arange(num_samples))
-    return jax.lax.map(one_draw, keys)
-
-  def _log_sigma_sums(self, state, data, mask):
-    """Sum over valid examples of the per-example mean eval log sigma at the
-    posterior means (None for likelihoods without a scale)."""
-    x = preprocessing.to_float(data)
-    out = self._apply(state, "reconstruct", x)
-    lik_params, lik_state = self._likelihood_args(state)
-    target = self._target_of(state, x)
-    lik = self.likelihood.eval_nll(target, out, lik_params, lik_state)
-    if lik.log_sigma is None:
-      return None
-    per_example = objectives.mean_log_sigma(lik.log_sigma, target)
-    return jnp.sum(per_example * mask.astype(per_example.dtype))
-
-  def _target_of(self, state, x):
-    """The part of the input the likelihood scores (e.g. a video model's predicted
-    frames); the rest of this forward pass is dead code that XLA removes."""
-    return self._apply(state, None, x, jax.random.PRNGKey(0)).target
-
-  def _reconstruct(self, state, data):
-    """Likelihood means of the reconstructions (posterior means), in [0, 1]."""
-    out = self._apply(state, "reconstruct", preprocessing.to_float(data))
-    return self.likelihood.mean(out, *self._likelihood_args(state))
-
-  def _sample(self, state, rng, num: int, context=None, temperature: float = 1.0):
-    """Likelihood means of `num` prior samples, in [0, 1]. Video models condition
-    on `context` (uint8 or float frames [num, T_context, H, W, C]) and feed each
-    generated frame back as the likelihood's mean."""
-    lik_args = self._likelihood_args(state)
-    kwargs = {}
-    if context is not None:
-      context = preprocessing.to_float(context)
-      kwargs["output_to_frame"] = lambda out: self.likelihood.mean(out, *lik_args)
-    out = self._apply(state, "sample", rng, num, context, temperature, **kwargs)
-    return self.likelihood.mean(out, *lik_args)
 
   # ---- evaluation and images --------------------------------------------------
 
@@ -425,7 +242,7 @@ class Trainer:
   @property
   def num_context_frames(self) -> int:
     """Frames a video model's samples condition on (0 for image models)."""
-    return int(getattr(self.model, "num_context_frames", 0))
+    return self.eval_passes.num_context_frames
 
   def write_images(self, state: steps.TrainState, images: np.ndarray, directory: str,
                    step: int) -> dict[str, np.ndarray]:
@@ -463,9 +280,7 @@ class Trainer:
 
   def global_array(self, local: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """Process-local rows -> a global array sharded over all processes' devices."""
-    if jax.process_count() == 1:
-      return jax.device_put(local, sharding)
-    return jax.make_array_from_process_local_data(sharding, local)
+    return data_parallel.global_array(local, sharding)
 
   def shard_batch(self, local: np.ndarray) -> jax.Array:
     """A process-local batch [b, ...] -> global [B, ...] sharded over the mesh."""
@@ -473,9 +288,9 @@ class Trainer:
 
   def put_replicated(self, array: np.ndarray) -> jax.Array:
     """A host array every process holds in full -> replicated on all devices."""
-    return jax.make_array_from_callback(array.shape, self.replicated,
-                                        lambda index: array[index])
+    return data_parallel.put_replicated(array, self.replicated)
 
   def put_batches(self, batches: np.ndarray) -> jax.Array:
     """Stacked process-local batches [S, b, ...] -> global [S, B, ...]."""
-    return self.global_array(batches, NamedSharding(self.mesh, P(None, DATA_AXIS)))
+    return self.global_array(batches,
+                             NamedSharding(self.mesh, P(None, data_parallel.DATA_AXIS)))
