@@ -97,7 +97,7 @@ def test_samples_and_means_are_images_in_unit_range(name):
 
 
 def test_student_t_discrete_nll_is_its_own_distribution_over_the_levels():
-  # Trainer._eval_sums reports nelbo_discrete / bpd_discrete whenever
+  # EvalPasses.eval_sums reports nelbo_discrete / bpd_discrete whenever
   # discrete_nll is not None: for student_t it is the decoder's Student-t
   # (loc = sigmoid, log scale soft-clipped to [log_sigma_min, log_sigma_max],
   # df = student_t_df) integrated over the 256 bins, checked with scipy.

@@ -18,7 +18,7 @@ from sigma_vae_jax.likelihoods.base import (
 class _GaussianFamily(Likelihood):
   """Gaussian decoders: mean = sigmoid(out); they differ in how sigma is chosen."""
   # A continuous Gaussian likelihood with mean `mean(out)`: it can also be evaluated
-  # at its maximum-likelihood shared sigma ("calibrated after training", evaluation/evaluate.py).
+  # at its maximum-likelihood shared sigma ("calibrated after training", evaluation/elbo.py).
   is_gaussian = True
 
   def _log_sigma(self, x, mean, out, params, state, train):

@@ -159,7 +159,7 @@ class Trainer:
     self.calibration_sums = jax.jit(passes.calibration_sums, static_argnames="discrete")
     self.fits_eval_sigma = fits_eval_sigma(config, self.likelihood)
     self._fitted_likelihood_state = jax.jit(passes.likelihood_state_at_mse)
-    # Video models only (evaluate.evaluate_elbo_per_frame); sharded as eval_sums.
+    # Video models only (evaluation.video.evaluate_elbo_per_frame); sharded as eval_sums.
     self.frame_nelbo_sums = jit(passes.frame_nelbo_sums, in_shardings=(rep, bat, bat, rep),
                                 out_shardings=rep)
 
