@@ -22,9 +22,9 @@ imported; the command-line entry points set TensorFlow's logging defaults themse
 import importlib
 import warnings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# Modules that lived at the package root before version 0.2: `from sigma_vae_jax import
+# Modules that lived at the package root before version 0.2.0: `from sigma_vae_jax import
 # train` still works (with a DeprecationWarning); `import sigma_vae_jax.train` does not.
 _MOVED_MODULES = {
     "input_pipeline": "sigma_vae_jax.data.input_pipeline",

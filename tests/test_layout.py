@@ -155,3 +155,42 @@ def test_the_checker_reports_an_upward_import():
   """A data module importing the command line is reported."""
   assert _layer("cli") > _layer("data.input_pipeline")
   assert _layer("models.base") < _layer("objectives") < _layer("models.conv_vae")
+
+
+def test_the_old_root_names_still_import_with_a_warning():
+  """`from sigma_vae_jax import train` (0.1.0's paths) gives the moved module and a
+  DeprecationWarning naming where it is now."""
+  import importlib
+  import sigma_vae_jax
+  moved = {"train": "sigma_vae_jax.training.train",
+           "evaluate": "sigma_vae_jax.evaluation.evaluate",
+           "input_pipeline": "sigma_vae_jax.data.input_pipeline",
+           "reporting": "sigma_vae_jax.training.reporting"}
+  for name, target in moved.items():
+    with pytest.warns(DeprecationWarning, match=target.replace(".", r"\.")):
+      module = getattr(sigma_vae_jax, name)
+    assert module is importlib.import_module(target)
+  with pytest.raises(AttributeError):
+    getattr(sigma_vae_jax, "no_such_module")
+
+
+def test_the_readme_map_names_paths_that_exist():
+  root = os.path.dirname(PACKAGE_DIR)
+  with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  section = text.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+  rows = [line for line in section.splitlines() if line.startswith("| `")]
+  assert len(rows) >= 10, rows
+  paths = [cell.strip("`") for row in rows
+           for cell in row.split("|")[1].replace(",", " ").split() if cell.startswith("`")]
+  directory = ""
+  for path in paths:
+    if path == "...`":
+      continue
+    # `a/b.py`, `c.py`: a bare file name lies in the folder of the path before it.
+    if "/" in path:
+      directory = os.path.dirname(path.rstrip("/"))
+      full = path
+    else:
+      full = os.path.join(directory, path)
+    assert os.path.exists(os.path.join(root, full)), full
