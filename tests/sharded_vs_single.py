@@ -1,8 +1,10 @@
 """Run by the tests in a subprocess with 8 simulated CPU devices:
-`python sharded_vs_single.py MODEL DECODER`.
+`python sharded_vs_single.py DECODER MODEL [MODEL ...]`.
 
-Trains the same state for a few steps on a 1-device mesh and on an 8-device mesh
-(the batch sharded 8 ways), evaluates both, and prints the differences as JSON.
+For each MODEL: trains the same state for a few steps on a 1-device mesh and on an
+8-device mesh (the batch sharded 8 ways), evaluates both, and prints the differences
+as one JSON line (with "model": MODEL). All models in one process start-up (python,
+JAX and TensorFlow imports are paid once, not once per model).
 """
 
 import json
@@ -19,8 +21,8 @@ import tiny_models  # noqa: E402
 from sigma_vae_jax.training import trainer as trainer_lib  # noqa: E402
 
 
-def main(model_name, decoder_name):
-  assert jax.device_count() == 8, jax.devices()
+def compare(model_name, decoder_name):
+  """The differences between 1 and 8 devices for one model, as a JSON-able dict."""
   config = tiny_models.tiny_config(model_name, decoder_name, batch_size=16,
                                     **tiny_models.sharded_overrides(model_name))
   data = tiny_models.smooth_data(model_name, 40)
@@ -40,7 +42,8 @@ def main(model_name, decoder_name):
   diff = max(float(np.max(np.abs(a - b))) for a, b in
              zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)))
   scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(single.params))
-  print(json.dumps({
+  return {
+      "model": model_name,
       "param_max_abs_diff": diff, "param_max_abs": scale,
       "loss_single": float(m1["loss"]), "loss_sharded": float(m8["loss"]),
       "eval_single": e1, "eval_sharded": e8,
@@ -48,8 +51,14 @@ def main(model_name, decoder_name):
       "likelihood_state_single": {k: float(v) for k, v in single.likelihood_state.items()},
       "likelihood_state_sharded": {k: float(v) for k, v in sharded.likelihood_state.items()},
       "num_devices": num_devices,
-      "cache_size": cache}))
+      "cache_size": cache}
+
+
+def main(decoder_name, model_names):
+  assert jax.device_count() == 8, jax.devices()
+  for model_name in model_names:
+    print(json.dumps(compare(model_name, decoder_name)), flush=True)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], sys.argv[2])
+  main(sys.argv[1], sys.argv[2:])

@@ -158,13 +158,22 @@ def test_evaluation_api_runs_through_the_contract(model_name):
     assert samples.shape == (5,) + trainer.target_shape
 
 
-@pytest.mark.parametrize("model_name", MODEL_NAMES)
-def test_eight_simulated_devices_give_the_same_step_and_metrics_as_one(model_name):
+@pytest.fixture(scope="module")
+def eight_device_results():
+  """{model: differences between 1 and 8 devices}: all models in one subprocess
+  (tests/sharded_vs_single.py), so python, JAX and TensorFlow start up once."""
   result = subprocess.run(
-      [sys.executable, os.path.join(HERE, "sharded_vs_single.py"), model_name,
-       "optimal_sigma"], capture_output=True, text=True, timeout=600)
+      [sys.executable, os.path.join(HERE, "sharded_vs_single.py"), "optimal_sigma"]
+      + MODEL_NAMES, capture_output=True, text=True, timeout=1800)
   assert result.returncode == 0, result.stderr[-3000:]
-  r = json.loads(result.stdout.strip().splitlines()[-1])
+  rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+  return {row["model"]: row for row in rows}
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_eight_simulated_devices_give_the_same_step_and_metrics_as_one(
+    eight_device_results, model_name):
+  r = eight_device_results[model_name]
   assert r["num_devices"] == 8
   assert r["steps"] == [3, 3]
   rtol = tiny_models.sharded_rtol(model_name)
