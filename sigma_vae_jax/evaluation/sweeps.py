@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import time
@@ -27,18 +26,6 @@ import ml_collections
 import numpy as np
 
 from sigma_vae_jax.training import progress
-
-# Imported on first use (JAX, and TensorFlow through train/evaluate, take seconds):
-# a script's --help answers before them. `sweeps.evaluate` etc. still work.
-_LAZY_MODULES = {"jax": "jax", "evaluate": "sigma_vae_jax.evaluation.evaluate",
-                 "reporting": "sigma_vae_jax.training.reporting", "train": "sigma_vae_jax.training.train"}
-
-
-def __getattr__(name):
-  if name in _LAZY_MODULES:
-    return importlib.import_module(_LAZY_MODULES[name])
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 EVALUATIONS_FILE = "evaluations.json"
 # Config fields that do not change what is trained (paths), left out of the run hash.
