@@ -48,7 +48,8 @@ def mode_config(mode: str, root: str, data_dir: str):
 
 
 def main(root, process_id, num_processes, port, devices, modes, data_dir=""):
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")  # the suite's options kept
+                             + f" --xla_force_host_platform_device_count={devices}").strip()
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, ROOT_OF_REPO)
   import jax  # pylint: disable=g-import-not-at-top

@@ -232,7 +232,8 @@ def _cli_args(workdir, data):
 
 def _env(devices):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")  # the suite's compile options kept
+                      + f" --xla_force_host_platform_device_count={devices}").strip()
   return env
 
 
