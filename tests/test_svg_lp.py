@@ -376,6 +376,40 @@ def test_generation_scan_equals_explicit_loop_and_sample_api(tiny):
     model.apply({"params": params}, _key(0), B + 1, context, method=svg_lp.SVGLP.sample)
 
 
+def _torch_max_pool2(x, g):
+  """PyTorch's MaxPool2d(2, 2) rule, written as loops: the value of each 2x2 window
+  and its gradient, all of `g` to the window's first maximum in row-major order
+  (`if val > maxval or isnan(val)`). x: [N, H, W, C]; g: [N, H/2, W/2, C]."""
+  n, h, w, c = x.shape
+  out, grad = np.zeros(g.shape, x.dtype), np.zeros_like(x)
+  for b, i, j, k in np.ndindex(n, h // 2, w // 2, c):
+    best, where = -np.inf, None
+    for di, dj in ((0, 0), (0, 1), (1, 0), (1, 1)):
+      v = x[b, 2 * i + di, 2 * j + dj, k]
+      if v > best or np.isnan(v):
+        best, where = v, (b, 2 * i + di, 2 * j + dj, k)
+    out[b, i, j, k] = best
+    grad[where] += g[b, i, j, k]
+  return out, grad
+
+
+def test_max_pool_gives_each_windows_gradient_to_its_first_maximum_as_pytorch():
+  """Values in {0, 1, 2} tie often (as the flat backgrounds of frames do): the pool's
+  value is the max and its gradient goes to the first maximum, as the reference's
+  nn.MaxPool2d, not split among the tied ones."""
+  from sigma_vae_jax.models import svg_lp_vgg64  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 3, (2, 6, 8, 3)).astype(np.float32)
+  g = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+  expected_out, expected_grad = _torch_max_pool2(x, g)
+  out, vjp = jax.vjp(svg_lp_vgg64._max_pool2, jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(out), expected_out)
+  np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]), expected_grad)
+  # Leading axes (time) pool alike.
+  out5 = svg_lp_vgg64._max_pool2(jnp.asarray(x).reshape(1, 2, 6, 8, 3))
+  np.testing.assert_array_equal(np.asarray(out5)[0], expected_out)
+
+
 def test_categorical_group_norm_and_output_to_frame():
   lik = likelihoods.get_likelihood(_decoder_config("categorical"))
   model = _build(num_outputs=lik.num_outputs(C), norm="group")

@@ -89,9 +89,19 @@ class VGGLayer(nn.Module):
 
 
 def _max_pool2(x):
-  """2x2 max pool, stride 2, on [*lead, H, W, C]."""
+  """2x2 max pool, stride 2, on [*lead, H, W, C] -> [*lead, H/2, W/2, C].
+
+  The gradient of each window goes to its first maximum in row-major order, as the
+  reference's `nn.MaxPool2d` (PyTorch keeps the first of tied maxima). JAX's `max`
+  would split it among tied maxima, and the flat backgrounds of video frames tie whole
+  windows. Selecting with `where` (not multiplying by a one-hot) keeps the value exact.
+  """
   *lead, h, w, c = x.shape
-  return x.reshape(*lead, h // 2, 2, w // 2, 2, c).max(axis=(-4, -2))
+  windows = x.reshape(*lead, h // 2, 2, w // 2, 2, c)
+  windows = jnp.moveaxis(windows, -4, -3).reshape(*lead, h // 2, w // 2, 4, c)
+  first = jnp.argmax(windows, axis=-2)  # [*lead, H/2, W/2, C]: the first maximum
+  chosen = jnp.arange(4)[:, None] == first[..., None, :]
+  return jnp.where(chosen, windows, jnp.zeros((), windows.dtype)).sum(axis=-2)
 
 
 def _upsample2(x):
