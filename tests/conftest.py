@@ -24,9 +24,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # instead of 190 s (with the line above, the whole suite cold: 14.8 instead of 25
 # minutes on one 2-core machine). XLA's HLO passes run as usual; only LLVM tunes the
 # machine code less. The README's commands, scripts/benchmark.py and every user run
-# keep the default. (-O0 is not used: on jaxlib 0.10.2 it returns NaN gradients in the
-# tiny SVG-LP's first encoder stage, which -O1, -O2 and op-by-op execution agree are
-# finite.) Helper processes that set XLA_FLAGS append to these.
+# keep the default. (-O0 compiles faster still but runs slower: the same tests took
+# 133 s.) Helper processes that set XLA_FLAGS append to these.
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=1",
                   "--xla_llvm_disable_expensive_passes=true")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
