@@ -149,7 +149,8 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], *,
     sys.exit(0)
   if require_extra:
     require_train_extra()
-  argv, none_fields = config_cli.split_none_overrides(argv, config_flag)
+  # (The --config.FIELD=None overrides stay in `full_argv`: a misspelt one is named.)
+  full_argv, (argv, none_fields) = argv, config_cli.split_none_overrides(argv, config_flag)
   if config_flag in fv and config_cli.PRINT_CONFIG_FLAG not in fv:
     flags.DEFINE_bool(config_cli.PRINT_CONFIG_FLAG, False, _PRINT_CONFIG_HELP,
                       flag_values=fv)
@@ -160,12 +161,12 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], *,
   except (AttributeError, KeyError, OSError) as e:
     # ml_collections applies --config.FIELD overrides while parsing: a missing field
     # raises AttributeError/KeyError, an unloadable config file OSError.
-    usage_error(config_cli.config_problem(argv, config_flag,
+    usage_error(config_cli.config_problem(full_argv, config_flag,
                                           _default_path(fv, config_flag))
                 or f"--{config_flag}: {e}")
   # ml_collections reports an unloadable config file only when the config is used.
   if config_flag in fv and type(fv[config_flag].value).__name__ == "_ErrorConfig":
-    usage_error(config_cli.config_problem(argv, config_flag,
+    usage_error(config_cli.config_problem(full_argv, config_flag,
                                           _default_path(fv, config_flag))
                 or f"--{config_flag}: the config file cannot be loaded")
   if config_flag in fv and fv[config_flag].value is not None:
@@ -205,14 +206,14 @@ def define_config_file(name: str, default: Optional[str], help_string: str,
     return
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   # --NAME.FIELD=None is applied by parse_flags, after ml_collections' parsing.
-  argv, _ = config_cli.split_none_overrides(argv, name)
+  full_argv, (argv, _) = argv, config_cli.split_none_overrides(argv, name)
   try:
     config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values,
                                     lock_config=lock_config, sys_argv=list(argv))
   except flags.Error as e:
     usage_error(str(e))
   except (AttributeError, KeyError, OSError) as e:
-    usage_error(config_cli.config_problem(argv, name, default) or f"--{name}: {e}")
+    usage_error(config_cli.config_problem(full_argv, name, default) or f"--{name}: {e}")
 
 
 def _default_path(fv: flags.FlagValues, name: str) -> Optional[str]:

@@ -118,6 +118,26 @@ def test_none_for_a_misspelt_field_is_one_line(capsys, monkeypatch):
   assert err.count("\n") == 1 and "did you mean --config.decoder.log_sigma_min?" in err
 
 
+@pytest.mark.parametrize("none_args", [["--config.decoder.nmae=None"],
+                                       ["--config.decoder.nmae", "None"]])
+def test_none_for_a_misspelt_field_is_one_line_as_main_defines_config(
+    none_args, capsys, monkeypatch):
+  """As sigma_vae_jax.main defines --config (no default path: ml_collections reads the
+  overrides from sys.argv and raises its own KeyError): the line names the field."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(ROOT)
+  argv = ["prog", "--config=configs/default.py", *none_args]
+  monkeypatch.setattr(sys, "argv", argv)
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "cfg", flag_values=fv, lock_config=True)
+  with pytest.raises(SystemExit) as e:
+    cli.parse_flags(fv, argv)
+  assert e.value.code == cli.USAGE_EXIT_CODE
+  assert capsys.readouterr().err == (
+      "ERROR: --config.decoder.nmae: the config has no field 'decoder.nmae'; "
+      "did you mean --config.decoder.name? (see --help)\n")
+
+
 # --- --help lists the config's fields; --print_config ------------------------------
 
 

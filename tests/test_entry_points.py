@@ -121,6 +121,10 @@ def _script_parse(argv):
                                "did you mean --config.batch_size?"),
     (["--config=configs/default.py", "--config.decoder.nme=x"],
      "did you mean --config.decoder.name?"),
+    (["--config=configs/default.py", "--config.decoder.nmae=None"],
+     "--config.decoder.nmae: the config has no field 'decoder.nmae'; "
+     "did you mean --config.decoder.name?"),
+    (["--config.decoder.nmae", "None"], "did you mean --config.decoder.name?"),
     (["--config.decoder.zzzzzz=1"], "the fields of decoder are: beta,"),
     (["--config.batch_size.x=1"], "batch_size is a value (int), not a group of fields"),
     (["--config=configs/nope.py"], "--config=configs/nope.py: no such config file"),
