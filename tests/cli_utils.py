@@ -8,6 +8,15 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def xla_flags_with_devices(devices: int, xla_flags: str = "") -> str:
+  """`xla_flags` (e.g. the environment's XLA_FLAGS) with `devices` simulated CPU
+  devices: any device count there is replaced, the other flags (the suite's compile
+  options, tests/conftest.py) kept. As scripts/launch_local.py's `process_env`."""
+  kept = [f for f in xla_flags.split() if not f.startswith(DEVICE_COUNT_FLAG)]
+  return " ".join(kept + [f"{DEVICE_COUNT_FLAG}={devices}"])
 
 TINY = {
     "model.latent_dim": 4, "model.base_channels": 8, "batch_size": 16,

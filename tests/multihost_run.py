@@ -48,8 +48,10 @@ def mode_config(mode: str, root: str, data_dir: str):
 
 
 def main(root, process_id, num_processes, port, devices, modes, data_dir=""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")  # the suite's options kept
-                             + f" --xla_force_host_platform_device_count={devices}").strip()
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import cli_utils  # pylint: disable=g-import-not-at-top  (standard library only)
+  os.environ["XLA_FLAGS"] = cli_utils.xla_flags_with_devices(
+      devices, os.environ.get("XLA_FLAGS", ""))
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, ROOT_OF_REPO)
   import jax  # pylint: disable=g-import-not-at-top

@@ -11,10 +11,10 @@ import json
 import os
 import sys
 
-# Appended: the suite's compile options (tests/conftest.py) stay in force.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli_utils  # noqa: E402  (standard library only: before JAX is imported)
+
+os.environ["XLA_FLAGS"] = cli_utils.xla_flags_with_devices(8, os.environ.get("XLA_FLAGS", ""))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

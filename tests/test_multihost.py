@@ -232,8 +232,7 @@ def _cli_args(workdir, data):
 
 def _env(devices):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")  # the suite's compile options kept
-                      + f" --xla_force_host_platform_device_count={devices}").strip()
+  env["XLA_FLAGS"] = cli_utils.xla_flags_with_devices(devices, env.get("XLA_FLAGS", ""))
   return env
 
 
