@@ -66,13 +66,23 @@ def _load_config(path: Optional[str]):
   if not path:
     from sigma_vae_jax import default_config  # pylint: disable=g-import-not-at-top
     return default_config.get_config(), DEFAULT_CONFIG_NAME, None
-  file_path, *args = str(path).split(":", 1)
-  file_path = os.path.expanduser(file_path)
+  return _run_config_file(path, "_config_for_help"), _shown_path(path), _file_of(path)
+
+
+def _file_of(path: str) -> str:
+  """The file of a --config value PATH[:ARGS]."""
+  return os.path.expanduser(str(path).split(":", 1)[0])
+
+
+def _run_config_file(path: str, module_name: str):
+  """`get_config(ARGS)` of the config file PATH[:ARGS], loaded as ml_collections loads
+  it (the file run as module `module_name`). Raises what the file raises."""
   import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("_config_for_help", file_path)
+  args = str(path).split(":", 1)[1:]
+  spec = importlib.util.spec_from_file_location(module_name, _file_of(path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(*args), _shown_path(path), file_path
+  return module.get_config(*args)
 
 
 def _shown_path(path: str) -> str:
@@ -109,7 +119,7 @@ def print_resolved_config(config, argv: Sequence[str], name: str,
   its overrides) with its value and meaning, one per line."""
   from sigma_vae_jax import config_help  # pylint: disable=g-import-not-at-top
   path = _config_path(argv, name, default_path)
-  file_path = os.path.expanduser(str(path).split(":", 1)[0]) if path else None
+  file_path = _file_of(path) if path else None
   print(f"# the config of --{name}={_shown_path(path) if path else path} after the "
         f"command line's overrides")
   docs = config_help.default_docs(config_help.model_name_of(config), file_path)
@@ -123,16 +133,10 @@ def config_problem(argv: Sequence[str], name: str, default_path: Optional[str]
   path = _config_path(argv, name, default_path)
   if not path:
     return None
-  file_path, *args = str(path).split(":", 1)
-  file_path = os.path.expanduser(file_path)
-  if not os.path.isfile(file_path):
+  if not os.path.isfile(_file_of(path)):
     return f"--{name}={path}: no such config file"
-  try:  # As ml_collections: run the file, call get_config(ARGS) for PATH:ARGS.
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    spec = importlib.util.spec_from_file_location(f"_{name}_cli_check", file_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(*args)
+  try:
+    config = _run_config_file(path, f"_{name}_cli_check")
   except Exception as e:  # pylint: disable=broad-except
     return f"--{name}={path}: the config file cannot be loaded ({one_line(e)})"
   for override in _overrides(argv, name):
